@@ -1,0 +1,261 @@
+"""Datasets, decoded once and served as batches on the training device.
+
+A dataset config builds an `ImageSource`: it knows where the files are, how torchvision reads them, and what to
+tell the user when they are missing. `make_batches` then picks the data path:
+
+- in memory (the fast path): every image is decoded once to uint8 at the training resolution and kept on the
+  training device; each batch is a random index draw there, scaled to the generator's range on the fly;
+- streaming: a torchvision DataLoader with workers, for datasets too big for memory.
+
+Both paths produce exactly what the torchvision transform Resize -> CenterCrop -> ToTensor -> Normalize gives.
+"""
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from ganlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+class ImageSource:
+    """A dataset of images on disk, read through torchvision, at `image_size` x `image_size` with `channels` channels.
+
+    root: the folder torchvision reads (relative paths are from the current directory).
+    download: let torchvision fetch the files if they are missing.
+    in_memory: `auto` keeps the decoded uint8 images on the training device when they fit `memory_limit_mb`;
+    true or false force the in-memory or the streaming path. workers: DataLoader workers of the streaming path.
+    """
+
+    name = "images"
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int,
+        channels: int,
+        download: bool = False,
+        in_memory: str | bool = "auto",
+        memory_limit_mb: float = 4096,
+        workers: int = 2,
+    ):
+        if image_size < 1:
+            raise ConfigError(f"dataset.image_size={image_size} must be >= 1.")
+        if channels not in (1, 3):
+            raise ConfigError(f"dataset.channels={channels} is not allowed: use 1 (grayscale) or 3 (RGB).")
+        self.root = Path(os.path.expanduser(root)).absolute()
+        self.image_size = image_size
+        self.channels = channels
+        self.download = download
+        if in_memory not in ("auto", True, False):
+            raise ConfigError(f"dataset.in_memory={in_memory!r} is not allowed: use auto, true or false.")
+        if workers < 0:
+            raise ConfigError(f"dataset.workers={workers} must be >= 0.")
+        self.in_memory = in_memory
+        self.memory_limit_mb = memory_limit_mb
+        self.workers = workers
+
+    def open(self, transform) -> Dataset:
+        """The torchvision dataset with `transform` applied to each PIL image."""
+        raise NotImplementedError
+
+    def expected_files(self) -> list[Path]:
+        """The files torchvision looks for, named in the error when they are missing."""
+        raise NotImplementedError
+
+    def native_uint8(self) -> Tensor | None:
+        """All images as uint8 (N, C, H, W) straight from the decoded arrays, or None to decode image by image."""
+        return None
+
+    def checked_open(self, transform) -> Dataset:
+        """`open`, with a missing or unreadable dataset turned into one clear sentence."""
+        try:
+            return self.open(transform)
+        except (RuntimeError, FileNotFoundError, OSError) as error:
+            if self.download:
+                raise DataError(
+                    f"dataset {self.name}: could not download it to {self.root} ({error}); check the network, "
+                    f"or set dataset.root to a folder that already holds the files."
+                ) from None
+            missing = [str(p) for p in self.expected_files() if not p.exists()] or [str(self.root)]
+            raise DataError(
+                f"dataset {self.name} not found under dataset.root={self.root}: looked for "
+                f"{', '.join(missing)}; set dataset.root to the folder that holds them "
+                f"(for example dataset.root=../shared/data) or add dataset.download=true."
+            ) from None
+
+    def pil_transform(self) -> list:
+        """The PIL steps shared by both data paths: grayscale/RGB, resize, center crop."""
+        steps: list = [transforms.Grayscale(1) if self.channels == 1 else transforms.Lambda(_rgb)]
+        return steps + [transforms.Resize(self.image_size), transforms.CenterCrop(self.image_size)]
+
+    def decode_uint8(self) -> Tensor:
+        """Every image once, as uint8 (N, C, image_size, image_size)."""
+        dataset = self.checked_open(transforms.Compose(self.pil_transform() + [transforms.PILToTensor()]))
+        native = self.native_uint8()
+        if native is not None and tuple(native.shape[1:]) == (self.channels, self.image_size, self.image_size):
+            return native
+        return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def _rgb(image):
+    return image.convert("RGB")
+
+
+class TorchvisionSource(ImageSource):
+    """A dataset class from `torchvision.datasets`, trained on its train split."""
+
+    dataset_class: type
+
+    def open(self, transform):
+        self._dataset = self.dataset_class(str(self.root), train=True, transform=transform, download=self.download)
+        return self._dataset
+
+
+class MNIST(TorchvisionSource):
+    """MNIST digits, 28x28 grayscale, from `<root>/MNIST/raw/` (the IDX files)."""
+
+    name = "mnist"
+    dataset_class = torchvision.datasets.MNIST
+
+    def __init__(self, root: str, image_size: int = 28, channels: int = 1, **options):
+        super().__init__(root, image_size, channels, **options)
+
+    def expected_files(self):
+        raw = self.root / self.dataset_class.__name__ / "raw"
+        return [raw / Path(url).name.removesuffix(".gz") for url, _ in self.dataset_class.resources]
+
+    def native_uint8(self):
+        if self.channels != 1:
+            return None
+        return self._dataset.data.unsqueeze(1).contiguous()
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST, 28x28 grayscale, from `<root>/FashionMNIST/raw/`."""
+
+    name = "fashion_mnist"
+    dataset_class = torchvision.datasets.FashionMNIST
+
+
+class CIFAR10(TorchvisionSource):
+    """CIFAR-10, 32x32 RGB, from the python pickle batches in `<root>/cifar-10-batches-py/`."""
+
+    name = "cifar10"
+    dataset_class = torchvision.datasets.CIFAR10
+
+    def __init__(self, root: str, image_size: int = 32, channels: int = 3, **options):
+        super().__init__(root, image_size, channels, **options)
+
+    def expected_files(self):
+        folder = self.root / self.dataset_class.base_folder
+        names = [name for name, _ in self.dataset_class.train_list + self.dataset_class.test_list]
+        return [folder / name for name in names] + [folder / self.dataset_class.meta["filename"]]
+
+    def native_uint8(self):
+        if self.channels != 3:
+            return None
+        return torch.from_numpy(self._dataset.data).permute(0, 3, 1, 2).contiguous()
+
+
+class ImageFolder(ImageSource):
+    """Any folder of images in class subfolders (`<root>/<class>/*.png`), resized and center-cropped."""
+
+    name = "folder"
+
+    def __init__(self, root: str, image_size: int = 64, channels: int = 3, **options):
+        if options.get("download"):
+            raise ConfigError("dataset.download=true is not possible for dataset=folder: the images must be on disk.")
+        super().__init__(root, image_size, channels, **options)
+
+    def open(self, transform):
+        return torchvision.datasets.ImageFolder(str(self.root), transform=transform)
+
+    def expected_files(self):
+        return [self.root / "<class>" / "<image>.png"]
+
+
+class InMemoryBatches:
+    """The fast path: uint8 images on the training device, random batches scaled to `value_range` on the fly."""
+
+    def __init__(self, images: Tensor, device: torch.device, value_range: tuple[float, float]):
+        self.images = images.to(device)
+        self.low, self.high = value_range
+        self.device = device
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def scale(self, images: Tensor) -> Tensor:
+        """uint8 -> float in `value_range`, with the same operations as ToTensor (and Normalize(0.5, 0.5))."""
+        x = images.float().div(255)
+        if (self.low, self.high) == (-1.0, 1.0):
+            x = x.sub(0.5).div(0.5)
+        return x
+
+    def next(self, batch_size: int) -> Tensor:
+        index = torch.randint(len(self), (batch_size,), device=self.device)
+        return self.scale(self.images[index])
+
+
+class StreamingBatches:
+    """The DataLoader path for datasets too big to hold: workers decode and transform every image, every epoch."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, workers: int):
+        self.device = device
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+        self._iterator: Iterator = iter(())
+        self._size = len(dataset)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def next(self, batch_size: int) -> Tensor:
+        try:
+            images, _ = next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.loader)
+            images, _ = next(self._iterator)
+        return images.to(self.device, non_blocking=True)
+
+
+def reference_transform(source: ImageSource, value_range: tuple[float, float]) -> transforms.Compose:
+    """The torchvision transform a user would write: PIL resize/crop, ToTensor, Normalize(0.5, 0.5) for tanh."""
+    steps = source.pil_transform() + [transforms.ToTensor()]
+    if value_range == (-1.0, 1.0):
+        steps.append(transforms.Normalize((0.5,) * source.channels, (0.5,) * source.channels))
+    return transforms.Compose(steps)
+
+
+def make_batches(
+    source: ImageSource, device: torch.device, value_range: tuple[float, float], batch_size: int
+) -> InMemoryBatches | StreamingBatches:
+    """Pick the data path: in memory when `source.in_memory` is true, or auto and the decoded size fits the limit."""
+    dataset = source.checked_open(reference_transform(source, value_range))
+    size_mb = len(dataset) * source.channels * source.image_size**2 / 2**20
+    keep = source.in_memory is True or (source.in_memory == "auto" and size_mb <= source.memory_limit_mb)
+    if not keep:
+        log.info(
+            "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
+            len(dataset), size_mb, source.workers,
+        )
+        return StreamingBatches(dataset, device, batch_size, source.workers)
+    images = source.decode_uint8()
+    log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
+    return InMemoryBatches(images, device, value_range)

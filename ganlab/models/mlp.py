@@ -1,0 +1,58 @@
+"""The classic fully connected GAN of the LSGAN and f-GAN recipes: z -> hidden -> image, image -> hidden -> logit."""
+
+import math
+
+from torch import nn
+
+from ganlab.errors import ConfigError
+from ganlab.models.base import GANModel, output_layer
+
+INITS = ("default", "xavier")
+
+
+def _mlp(sizes: list[int]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return layers
+
+
+def xavier_init(module: nn.Module) -> None:
+    """The recipes' `xavier_init`: weights ~ N(0, 1 / sqrt(fan_in / 2)), biases zero."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 1.0 / math.sqrt(module.in_features / 2.0))
+        nn.init.zeros_(module.bias)
+
+
+class MLP(GANModel):
+    """Fully connected generator and discriminator with `depth` hidden layers of `hidden` ReLU units each.
+
+    init: `default` (PyTorch's Linear init, as the f-GAN recipe) or `xavier` (the LSGAN recipe's xavier_init).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        z_dim: int = 64,
+        hidden: int = 128,
+        depth: int = 1,
+        output: str = "sigmoid",
+        noise: str = "normal",
+        init: str = "default",
+    ):
+        super().__init__(z_dim, noise, output, channels, image_size)
+        if hidden < 1 or depth < 1:
+            raise ConfigError(f"model.hidden={hidden} and model.depth={depth} must both be >= 1.")
+        if init not in INITS:
+            raise ConfigError(f"model.init={init!r} is not allowed: use one of {list(INITS)}.")
+        pixels = channels * image_size * image_size
+        self.generator = nn.Sequential(
+            *_mlp([z_dim] + [hidden] * depth + [pixels]),
+            output_layer(output),
+            nn.Unflatten(1, self.image_shape),
+        )
+        self.discriminator = nn.Sequential(nn.Flatten(), *_mlp([pixels] + [hidden] * depth + [1]))
+        if init == "xavier":
+            self.apply(xavier_init)

@@ -1,0 +1,84 @@
+"""What a run writes for people to read: TensorBoard scalars, sample grids (also as PNG), config and hparams."""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from torchvision.utils import make_grid, save_image
+
+
+class RunningStats:
+    """Sums of slash-named scalars kept on the device, so the loop never syncs until `read` is called."""
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, stats: dict[str, Tensor]) -> None:
+        for name, value in stats.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def read(self) -> dict[str, float]:
+        """The means since the last read (one host-device sync), then start over."""
+        if not self.sums:
+            return {}
+        names = list(self.sums)
+        values = torch.stack([self.sums[name] for name in names]).div(self.count).tolist()
+        self.sums, self.count = {}, 0
+        return dict(zip(names, values, strict=True))
+
+
+def all_finite(stats: dict[str, float]) -> bool:
+    return all(math.isfinite(value) for value in stats.values())
+
+
+class Monitor:
+    """TensorBoard event files in the run dir itself (no subfolders), plus PNG copies of every sample grid."""
+
+    def __init__(self, run_dir: Path, start_step: int = 0):
+        self.run_dir = run_dir
+        self.samples_dir = run_dir / "samples"
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        # purge_step drops events a previous process wrote after the checkpoint this run resumes from
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+
+    def scalars(self, stats: dict[str, float], step: int) -> None:
+        for name, value in stats.items():
+            self.writer.add_scalar(name, value, step)
+
+    def config(self, cfg: DictConfig) -> None:
+        yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.writer.add_text("config", "\n".join("    " + line for line in yaml.splitlines()), 0)
+
+    def grid(self, tag: str, images: Tensor, value_range: tuple[float, float], step: int, png_name: str) -> Path:
+        """Log a grid of `images` (values in `value_range`) to TensorBoard and save it as `samples/<png_name>`."""
+        grid = make_grid(images.detach().float().cpu(), nrow=8, normalize=True, value_range=value_range)
+        self.writer.add_image(tag, grid, step)
+        path = self.samples_dir / png_name
+        save_image(grid, path)
+        return path
+
+    def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
+        """The HPARAMS entry for this run, written into the run's own event file (not a timestamped subfolder)."""
+        experiment, session_start, session_end = hparams_summary(hparams, metrics)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        self.scalars(metrics, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` as JSON atomically, so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

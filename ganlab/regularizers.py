@@ -1,0 +1,55 @@
+"""Discriminator regularisers, kept apart from the losses so that any loss can take any of them.
+
+Each regulariser has the same two hooks, which the training loop calls for every discriminator step:
+
+    penalty(discriminator, real, fake) -> dict of named scalar tensors, added to the discriminator loss
+    after_step(discriminator) -> None, run after the optimiser step (for example weight clipping)
+"""
+
+import torch
+from torch import Tensor, nn
+
+from ganlab.errors import ConfigError
+
+
+class Regularizer:
+    """No regularisation: the base class, and the `regularizer=none` option."""
+
+    def penalty(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    @torch.no_grad()
+    def after_step(self, discriminator: nn.Module) -> None:
+        return None
+
+
+class GradientPenalty(Regularizer):
+    """WGAN-GP: weight * E[(||grad_x D(x_hat)||_2 - target)^2] at random interpolates of real and fake batches."""
+
+    def __init__(self, weight: float = 10.0, target: float = 1.0):
+        if weight < 0:
+            raise ConfigError(f"regularizer.weight={weight} is negative: use a weight >= 0.")
+        self.weight = weight
+        self.target = target
+
+    def penalty(self, discriminator, real, fake):
+        alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+        interpolates = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+        scores = discriminator(interpolates)
+        (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+        norms = gradients.flatten(1).norm(2, dim=1)
+        return {"gradient_penalty": self.weight * (norms - self.target).pow(2).mean()}
+
+
+class WeightClipping(Regularizer):
+    """The original WGAN: clamp every discriminator parameter to [-clip, clip] after each step."""
+
+    def __init__(self, clip: float = 0.01):
+        if clip <= 0:
+            raise ConfigError(f"regularizer.clip={clip} must be > 0: the original WGAN uses 0.01.")
+        self.clip = clip
+
+    @torch.no_grad()
+    def after_step(self, discriminator):
+        for parameter in discriminator.parameters():
+            parameter.clamp_(-self.clip, self.clip)

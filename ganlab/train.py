@@ -1,0 +1,268 @@
+"""ganlab's one entry point: `ganlab-train` (or `python -m ganlab.train`) composes conf/ with Hydra and trains a GAN.
+
+Read `train` top to bottom: build the parts, then for each step `d_steps` discriminator updates and one generator
+update; every `log.every` steps the scalars are read once, every `log.sample_every` a sample grid is written,
+every `train.checkpoint_every` a checkpoint. `main` only wraps `train` for the command line.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ganlab import checkpoint as ckpt
+from ganlab.config import register_configs, validate
+from ganlab.data import make_batches
+from ganlab.device import autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
+from ganlab.models.base import has_batch_statistics
+from ganlab.monitor import Monitor, RunningStats, all_finite, write_json
+from ganlab.regularizers import GradientPenalty
+
+log = logging.getLogger("ganlab")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def make_adam(parameters, lr: float, betas, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), foreach=True)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail at start-up, not after an hour of training, if the run dir cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to the run dir {run_dir} ({error.strerror}): set hydra.run.dir to a writable folder."
+        ) from None
+
+
+def discriminator_step(model, loss, regularizer, d_opt, batches, cfg, device, keep_graph: bool) -> tuple:
+    """One discriminator update. Returns the fake batch (with G's graph if `keep_graph`) and the step's stats."""
+    G, D = model.generator, model.discriminator
+    real = batches.next(cfg.train.batch_size)
+    z = model.sample_noise(cfg.train.batch_size, device)
+    with autocast(device, cfg.device.precision):
+        with torch.set_grad_enabled(keep_graph):
+            fake = G(z)
+        if has_batch_statistics(D):  # batch statistics must not mix real and fake
+            real_logits, fake_logits = D(real), D(fake.detach())
+        else:
+            real_logits, fake_logits = D(torch.cat([real, fake.detach()])).split(real.shape[0])
+        d_loss = loss.d_loss(real_logits.float(), fake_logits.float())
+        penalties = regularizer.penalty(D, real, fake)
+    d_opt.zero_grad(set_to_none=True)
+    (d_loss + sum(penalties.values())).backward()
+    d_opt.step()
+    regularizer.after_step(D)
+    stats = {"Loss/D": d_loss, "D/real": real_logits.mean(), "D/fake": fake_logits.mean()}
+    stats.update({f"Regularizer/{name}": value for name, value in penalties.items()})
+    return fake, stats
+
+
+def generator_step(model, loss, g_opt, fake, cfg, device) -> dict:
+    """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does."""
+    with autocast(device, cfg.device.precision):
+        g_loss = loss.g_loss(model.discriminator(fake).float())
+    g_opt.zero_grad(set_to_none=True)
+    g_loss.backward()
+    g_opt.step()
+    return {"Loss/G": g_loss}
+
+
+@torch.no_grad()
+def sample_images(model, noise) -> torch.Tensor:
+    """Generator output for `noise` in eval mode (running BatchNorm statistics), without changing any state."""
+    model.generator.eval()
+    images = model.generator(noise)
+    model.generator.train()
+    return images
+
+
+def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
+    """Train one GAN as `cfg` says, writing everything into `run_dir`; returns the summary written to metrics.json.
+
+    choices: the config-group options of this run (model, loss, ...), used as hparam names; None derives them
+    from the `_target_` classes.
+    """
+    validate(cfg)
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    if ckpt.has_checkpoint(run_dir) and not cfg.train.resume:
+        raise CheckpointError(
+            f"run dir {run_dir} already holds a checkpoint: add train.resume=true to continue it, "
+            f"or set hydra.run.dir to a new folder."
+        )
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    model = instantiate(cfg.model, channels=cfg.dataset.channels, image_size=cfg.dataset.image_size).to(device)
+    model.check_shapes()
+    loss = instantiate(cfg.loss)
+    regularizer = instantiate(cfg.regularizer)
+    if isinstance(regularizer, GradientPenalty) and has_batch_statistics(model.discriminator):
+        log.warning("the gradient penalty assumes per-sample critic outputs; set model.d_norm=instance or none")
+    batches = make_batches(instantiate(cfg.dataset), device, model.output_range, cfg.train.batch_size)
+    g_opt = make_adam(model.generator.parameters(), cfg.train.g_lr, cfg.train.g_betas, device)
+    d_opt = make_adam(model.discriminator.parameters(), cfg.train.d_lr, cfg.train.d_betas, device)
+    fixed_noise = model.sample_noise(cfg.log.num_samples, device)
+
+    start_step, seconds_before = 0, 0.0
+    if cfg.train.resume and ckpt.has_checkpoint(run_dir):
+        state = ckpt.load_checkpoint(run_dir)
+        try:
+            model.load_state_dict(state["model"])
+            g_opt.load_state_dict(state["g_opt"])
+            d_opt.load_state_dict(state["d_opt"])
+        except (RuntimeError, KeyError, ValueError):
+            raise CheckpointError(
+                f"the checkpoint in {run_dir} was written by a different model or optimiser config: resume "
+                f"with the run's own config ({run_dir / 'config.yaml'}) or set hydra.run.dir to a new folder."
+            ) from None
+        fixed_noise = state["fixed_noise"].to(device)
+        set_rng_state(state["rng"])
+        start_step, seconds_before = state["step"], state["seconds"]
+        log.info("resuming %s from step %d", run_dir, start_step)
+
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    monitor = Monitor(run_dir, start_step)
+    if start_step == 0:
+        monitor.config(cfg)
+        real_grid = batches.next(cfg.log.num_samples)
+        monitor.grid("Samples/real", real_grid, model.output_range, 0, "real.png")
+
+    def save(step: int) -> None:
+        state = {
+            "step": step,
+            "seconds": seconds_before + time.monotonic() - started,
+            "model": model.state_dict(),
+            "g_opt": g_opt.state_dict(),
+            "d_opt": d_opt.state_dict(),
+            "fixed_noise": fixed_noise.cpu(),
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        ckpt.save_checkpoint(run_dir, state)
+
+    stats = RunningStats()
+    last: dict[str, float] = {}
+    status, step = "completed", start_step
+    started = last_read = time.monotonic()
+    steps_since_read = 0
+    bar = tqdm(
+        total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
+        disable=not (cfg.log.progress and sys.stderr.isatty()),
+    )
+    for step in range(start_step + 1, cfg.train.steps + 1):
+        for d_step in range(cfg.train.d_steps):
+            keep_graph = d_step == cfg.train.d_steps - 1
+            fake, d_stats = discriminator_step(model, loss, regularizer, d_opt, batches, cfg, device, keep_graph)
+        g_stats = generator_step(model, loss, g_opt, fake, cfg, device)
+        stats.add(d_stats | g_stats)
+        steps_since_read += 1
+
+        out_of_time = cfg.train.max_seconds is not None and (
+            seconds_before + time.monotonic() - started >= cfg.train.max_seconds
+        )
+        final = step == cfg.train.steps or out_of_time
+        if step % cfg.log.every == 0 or final:
+            values = stats.read()
+            if not all_finite(values):
+                status = "diverged"
+                break
+            now = time.monotonic()
+            steps_per_second = steps_since_read / max(now - last_read, 1e-9)
+            values["Speed/steps_per_second"] = steps_per_second
+            values["Speed/images_per_second"] = steps_per_second * cfg.train.batch_size * cfg.train.d_steps
+            last, last_read, steps_since_read = values, now, 0
+            monitor.scalars(values, step)
+            bar.update(step - bar.n)
+            bar.set_postfix({"D": f"{values['Loss/D']:.3f}", "G": f"{values['Loss/G']:.3f}"})
+            if bar.disable:
+                log.info("step %d/%d  Loss/D %.4f  Loss/G %.4f  %.1f steps/s", step, cfg.train.steps,
+                         values["Loss/D"], values["Loss/G"], steps_per_second)
+        if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
+            images = sample_images(model, fixed_noise)
+            monitor.grid("Samples/fixed_noise", images, model.output_range, step, f"step_{step:07d}.png")
+        if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                status = "diverged"
+                break
+            save(step)
+        if out_of_time:
+            status = "time_budget"
+            break
+    bar.close()
+
+    summary = {
+        "status": status,
+        "step": step,
+        "seconds": round(seconds_before + time.monotonic() - started, 3),
+        "final": last,
+    }
+    if status != "diverged":
+        hparams = hparam_values(cfg, choices)
+        monitor.hparams(hparams, {f"Final/{k}": v for k, v in last.items() if k.startswith(("Loss/", "D/"))}, step)
+    monitor.close()
+    write_json(run_dir / "metrics.json", summary)
+    log.info("%s at step %d; outputs in %s", status, step, run_dir)
+    return summary
+
+
+def hparam_values(cfg: DictConfig, choices: dict | None) -> dict:
+    """The same hparam keys for every run, so a sweep's HPARAMS table lines up."""
+    if choices is None:
+        choices = {group: cfg[group]["_target_"].rsplit(".", 1)[-1] for group in ("model", "loss", "regularizer",
+                                                                                  "dataset")}
+    values = {group: str(choices.get(group)) for group in ("model", "loss", "regularizer", "dataset")}
+    values.update({
+        "seed": cfg.seed,
+        "train.batch_size": cfg.train.batch_size,
+        "train.d_steps": cfg.train.d_steps,
+        "train.g_lr": cfg.train.g_lr,
+        "train.d_lr": cfg.train.d_lr,
+        "model.z_dim": cfg.model.z_dim,
+        "dataset.image_size": cfg.dataset.image_size,
+    })
+    return values
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Command-line wrapper: run `train`, and turn a user error into one sentence on stderr and a non-zero exit."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        summary = train(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
+        if summary["status"] == "diverged":
+            raise DivergedError(
+                f"the losses became NaN or Inf at step {summary['step']}: the run stopped, kept its last good "
+                f"checkpoint and wrote metrics.json in {hydra_cfg.runtime.output_dir}; lower train.lr or change "
+                f"the loss."
+            )
+    except GanlabError as error:
+        print(f"ganlab: error: {error}", file=sys.stderr)
+        if not multirun:  # in a sweep, one bad job must not stop the others
+            sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    main()
