@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig
 
-from ganlab.errors import ConfigError
+from ganlab.errors import ConfigError, GanlabError
 
 
 @dataclass
@@ -109,3 +111,16 @@ def validate(cfg: DictConfig) -> None:
         value = cfg[section][name]
         if not check(value):
             raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}.")
+
+
+def build(node: DictConfig, key: str, **kwargs):
+    """`instantiate(node)`: a constructor's own user error surfaces as itself, any other as one sentence on `key`."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, GanlabError):
+            raise cause from None
+        raise ConfigError(
+            f"{key} could not be built from {node._target_} ({cause}): check the {key}.* values."
+        ) from None

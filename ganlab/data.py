@@ -12,6 +12,7 @@ Both paths produce exactly what the torchvision transform Resize -> CenterCrop -
 
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,18 +80,29 @@ class ImageSource:
         """`open`, with a missing or unreadable dataset turned into one clear sentence."""
         try:
             return self.open(transform)
-        except (RuntimeError, FileNotFoundError, OSError) as error:
-            if self.download:
-                raise DataError(
-                    f"dataset {self.name}: could not download it to {self.root} ({error}); check the network, "
-                    f"or set dataset.root to a folder that already holds the files."
-                ) from None
-            missing = [str(p) for p in self.expected_files() if not p.exists()] or [str(self.root)]
-            raise DataError(
+        except READ_ERRORS as error:
+            raise self._data_error(error) from None
+
+    def _data_error(self, error: Exception) -> DataError:
+        """The one sentence for a dataset that could not be downloaded, found, or read."""
+        if self.download:
+            return DataError(
+                f"dataset {self.name}: could not download it to {self.root} ({error}); check the network, "
+                f"or set dataset.root to a folder that already holds the files."
+            )
+        missing = [str(p) for p in self.expected_files() if not p.exists()]
+        if missing or not self.root.exists():
+            return DataError(
                 f"dataset {self.name} not found under dataset.root={self.root}: looked for "
-                f"{', '.join(missing)}; set dataset.root to the folder that holds them "
+                f"{', '.join(missing or [str(self.root)])}; set dataset.root to the folder that holds them "
                 f"(for example dataset.root=../shared/data) or add dataset.download=true."
-            ) from None
+            )
+        detail = " ".join(str(error).split()) or type(error).__name__
+        files = ", ".join(p.name for p in self.expected_files())
+        return DataError(
+            f"dataset {self.name}: could not read {files} under dataset.root={self.root} ({detail}); "
+            f"replace the damaged files (or set dataset.download=true to fetch them again)."
+        )
 
     def pil_transform(self) -> list:
         """The PIL steps shared by both data paths: grayscale/RGB, resize, center crop."""
@@ -98,12 +110,20 @@ class ImageSource:
         return steps + [transforms.Resize(self.image_size), transforms.CenterCrop(self.image_size)]
 
     def decode_uint8(self) -> Tensor:
-        """Every image once, as uint8 (N, C, image_size, image_size)."""
+        """Every image once, as uint8 (N, C, image_size, image_size); resizing runs in `workers` processes."""
         dataset = self.checked_open(transforms.Compose(self.pil_transform() + [transforms.PILToTensor()]))
         native = self.native_uint8()
         if native is not None and tuple(native.shape[1:]) == (self.channels, self.image_size, self.image_size):
             return native
-        return torch.stack([dataset[i][0] for i in range(len(dataset))])
+        loader = DataLoader(dataset, batch_size=512, num_workers=self.workers)
+        try:
+            return torch.cat([images for images, _ in loader])
+        except READ_ERRORS as error:
+            raise self._data_error(error) from None
+
+
+# what torchvision and PIL raise for missing, truncated or corrupt files
+READ_ERRORS = (RuntimeError, OSError, ValueError, AssertionError, TypeError, EOFError, pickle.UnpicklingError)
 
 
 def _rgb(image):
@@ -222,23 +242,37 @@ class StreamingBatches:
         )
         self._iterator: Iterator = iter(())
         self._size = len(dataset)
+        self._leftover: Tensor | None = None
 
     def __len__(self) -> int:
         return self._size
 
-    def next(self, batch_size: int) -> Tensor:
+    def _next_loader_batch(self) -> Tensor:
         try:
             images, _ = next(self._iterator)
         except StopIteration:
             self._iterator = iter(self.loader)
             images, _ = next(self._iterator)
+        return images
+
+    def next(self, batch_size: int) -> Tensor:
+        """`batch_size` images: usually one loader batch, pieced together from several when the size differs."""
+        parts, have = [], 0
+        if self._leftover is not None:
+            parts, have, self._leftover = [self._leftover], len(self._leftover), None
+        while have < batch_size:
+            parts.append(self._next_loader_batch())
+            have += len(parts[-1])
+        images = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if have > batch_size:
+            images, self._leftover = images[:batch_size], images[batch_size:]
         return images.to(self.device, non_blocking=True)
 
 
 def reference_transform(source: ImageSource, value_range: tuple[float, float]) -> transforms.Compose:
     """The torchvision transform a user would write: PIL resize/crop, ToTensor, Normalize(0.5, 0.5) for tanh."""
     steps = source.pil_transform() + [transforms.ToTensor()]
-    if value_range == (-1.0, 1.0):
+    if tuple(value_range) == (-1.0, 1.0):
         steps.append(transforms.Normalize((0.5,) * source.channels, (0.5,) * source.channels))
     return transforms.Compose(steps)
 
@@ -251,9 +285,16 @@ def make_batches(
     size_mb = len(dataset) * source.channels * source.image_size**2 / 2**20
     keep = source.in_memory is True or (source.in_memory == "auto" and size_mb <= source.memory_limit_mb)
     if not keep:
+        if len(dataset) < batch_size:
+            raise DataError(
+                f"dataset {source.name} under {source.root} has {len(dataset)} images, fewer than one batch: "
+                f"lower train.batch_size to at most {len(dataset)} or add images."
+            )
         log.info(
             "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
-            len(dataset), size_mb, source.workers,
+            len(dataset),
+            size_mb,
+            source.workers,
         )
         return StreamingBatches(dataset, device, batch_size, source.workers)
     images = source.decode_uint8()

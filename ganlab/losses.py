@@ -100,9 +100,7 @@ class FDivergence(GANLoss):
 
     def __init__(self, generator_loss: str = "alternative"):
         if generator_loss not in ("alternative", "minimax"):
-            raise ConfigError(
-                f"loss.generator_loss={generator_loss!r} is not allowed: use 'alternative' or 'minimax'."
-            )
+            raise ConfigError(f"loss.generator_loss={generator_loss!r} is not allowed: use 'alternative' or 'minimax'.")
         self.generator_loss = generator_loss
 
     def activation(self, v: Tensor) -> Tensor:
@@ -118,7 +116,7 @@ class FDivergence(GANLoss):
     def g_loss(self, fake_logits):
         v = _flat(fake_logits)
         if self.generator_loss == "minimax":
-            return self.scale * self.conjugate(v).mean()
+            return -self.scale * self.conjugate(v).mean()
         return -self.scale * self.activation(v).mean()
 
 

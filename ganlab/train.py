@@ -14,12 +14,11 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ganlab import checkpoint as ckpt
-from ganlab.config import register_configs, validate
+from ganlab.config import build, register_configs, validate
 from ganlab.data import make_batches
 from ganlab.device import autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
@@ -52,18 +51,19 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
-def discriminator_step(model, loss, regularizer, d_opt, batches, cfg, device, keep_graph: bool) -> tuple:
-    """One discriminator update. Returns the fake batch (with G's graph if `keep_graph`) and the step's stats."""
+def discriminator_step(model, loss, regularizer, d_opt, real, z, joint: bool, precision: str, keep_graph: bool):
+    """One discriminator update on `real` and G(z). Returns the fake batch (with G's graph if `keep_graph`) and stats.
+
+    joint: run real and fake through D in one forward pass (only valid without batch-statistics layers).
+    """
     G, D = model.generator, model.discriminator
-    real = batches.next(cfg.train.batch_size)
-    z = model.sample_noise(cfg.train.batch_size, device)
-    with autocast(device, cfg.device.precision):
+    with autocast(real.device, precision):
         with torch.set_grad_enabled(keep_graph):
             fake = G(z)
-        if has_batch_statistics(D):  # batch statistics must not mix real and fake
-            real_logits, fake_logits = D(real), D(fake.detach())
-        else:
+        if joint:
             real_logits, fake_logits = D(torch.cat([real, fake.detach()])).split(real.shape[0])
+        else:
+            real_logits, fake_logits = D(real), D(fake.detach())
         d_loss = loss.d_loss(real_logits.float(), fake_logits.float())
         penalties = regularizer.penalty(D, real, fake)
     d_opt.zero_grad(set_to_none=True)
@@ -75,9 +75,9 @@ def discriminator_step(model, loss, regularizer, d_opt, batches, cfg, device, ke
     return fake, stats
 
 
-def generator_step(model, loss, g_opt, fake, cfg, device) -> dict:
+def generator_step(model, loss, g_opt, fake, precision: str) -> dict:
     """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does."""
-    with autocast(device, cfg.device.precision):
+    with autocast(fake.device, precision):
         g_loss = loss.g_loss(model.discriminator(fake).float())
     g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
@@ -111,13 +111,15 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    model = instantiate(cfg.model, channels=cfg.dataset.channels, image_size=cfg.dataset.image_size).to(device)
+    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size).to(device)
     model.check_shapes()
-    loss = instantiate(cfg.loss)
-    regularizer = instantiate(cfg.regularizer)
-    if isinstance(regularizer, GradientPenalty) and has_batch_statistics(model.discriminator):
+    loss = build(cfg.loss, "loss")
+    regularizer = build(cfg.regularizer, "regularizer")
+    joint = not has_batch_statistics(model.discriminator)  # one D forward over real and fake together
+    precision = cfg.device.precision
+    if isinstance(regularizer, GradientPenalty) and not joint:
         log.warning("the gradient penalty assumes per-sample critic outputs; set model.d_norm=instance or none")
-    batches = make_batches(instantiate(cfg.dataset), device, model.output_range, cfg.train.batch_size)
+    batches = make_batches(build(cfg.dataset, "dataset"), device, model.output_range, cfg.train.batch_size)
     g_opt = make_adam(model.generator.parameters(), cfg.train.g_lr, cfg.train.g_betas, device)
     d_opt = make_adam(model.discriminator.parameters(), cfg.train.d_lr, cfg.train.d_betas, device)
     fixed_noise = model.sample_noise(cfg.log.num_samples, device)
@@ -165,14 +167,19 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     started = last_read = time.monotonic()
     steps_since_read = 0
     bar = tqdm(
-        total=cfg.train.steps, initial=start_step, unit="step", dynamic_ncols=True,
+        total=cfg.train.steps,
+        initial=start_step,
+        unit="step",
+        dynamic_ncols=True,
         disable=not (cfg.log.progress and sys.stderr.isatty()),
     )
     for step in range(start_step + 1, cfg.train.steps + 1):
         for d_step in range(cfg.train.d_steps):
-            keep_graph = d_step == cfg.train.d_steps - 1
-            fake, d_stats = discriminator_step(model, loss, regularizer, d_opt, batches, cfg, device, keep_graph)
-        g_stats = generator_step(model, loss, g_opt, fake, cfg, device)
+            real = batches.next(cfg.train.batch_size)
+            z = model.sample_noise(cfg.train.batch_size, device)
+            keep_graph = d_step == cfg.train.d_steps - 1  # G's update reuses the last fake batch
+            fake, d_stats = discriminator_step(model, loss, regularizer, d_opt, real, z, joint, precision, keep_graph)
+        g_stats = generator_step(model, loss, g_opt, fake, precision)
         stats.add(d_stats | g_stats)
         steps_since_read += 1
 
@@ -194,8 +201,14 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
             bar.update(step - bar.n)
             bar.set_postfix({"D": f"{values['Loss/D']:.3f}", "G": f"{values['Loss/G']:.3f}"})
             if bar.disable:
-                log.info("step %d/%d  Loss/D %.4f  Loss/G %.4f  %.1f steps/s", step, cfg.train.steps,
-                         values["Loss/D"], values["Loss/G"], steps_per_second)
+                log.info(
+                    "step %d/%d  Loss/D %.4f  Loss/G %.4f  %.1f steps/s",
+                    step,
+                    cfg.train.steps,
+                    values["Loss/D"],
+                    values["Loss/G"],
+                    steps_per_second,
+                )
         if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
             images = sample_images(model, fixed_noise)
             monitor.grid("Samples/fixed_noise", images, model.output_range, step, f"step_{step:07d}.png")
@@ -227,18 +240,21 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
 def hparam_values(cfg: DictConfig, choices: dict | None) -> dict:
     """The same hparam keys for every run, so a sweep's HPARAMS table lines up."""
     if choices is None:
-        choices = {group: cfg[group]["_target_"].rsplit(".", 1)[-1] for group in ("model", "loss", "regularizer",
-                                                                                  "dataset")}
+        choices = {
+            group: cfg[group]["_target_"].rsplit(".", 1)[-1] for group in ("model", "loss", "regularizer", "dataset")
+        }
     values = {group: str(choices.get(group)) for group in ("model", "loss", "regularizer", "dataset")}
-    values.update({
-        "seed": cfg.seed,
-        "train.batch_size": cfg.train.batch_size,
-        "train.d_steps": cfg.train.d_steps,
-        "train.g_lr": cfg.train.g_lr,
-        "train.d_lr": cfg.train.d_lr,
-        "model.z_dim": cfg.model.z_dim,
-        "dataset.image_size": cfg.dataset.image_size,
-    })
+    values.update(
+        {
+            "seed": cfg.seed,
+            "train.batch_size": cfg.train.batch_size,
+            "train.d_steps": cfg.train.d_steps,
+            "train.g_lr": cfg.train.g_lr,
+            "train.d_lr": cfg.train.d_lr,
+            "model.z_dim": cfg.model.z_dim,
+            "dataset.image_size": cfg.dataset.image_size,
+        }
+    )
     return values
 
 

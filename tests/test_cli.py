@@ -1,0 +1,93 @@
+"""The `ganlab-train` command line, run for real in subprocesses."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import dataset_overrides
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+QUICK = [
+    "train.steps=2",
+    "train.batch_size=4",
+    "log.every=1",
+    "log.num_samples=4",
+    "model.hidden=8",
+    "device=cpu",
+    "device.threads=1",
+]
+
+
+def ganlab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ganlab.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_multirun_gives_one_run_dir_per_job_named_by_its_overrides(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    result = ganlab_train(
+        "-m",
+        "loss=bce,lsgan",
+        "seed=0,1",
+        *QUICK,
+        *dataset_overrides("mnist", data_root),
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    # Hydra's override_dirname: every override of the job, sorted, except paths such as dataset.root
+    jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
+    named = sorted((dict(kv.split("=", 1) for kv in job.split(","))["loss"], job.count("seed=")) for job in jobs)
+    assert named == [("bce", 1), ("bce", 1), ("lsgan", 1), ("lsgan", 1)]
+    assert all("dataset.root" not in job for job in jobs)
+    for job in jobs:
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(sweep))
+    multiplexer.Reload()
+    assert sorted(multiplexer.Runs()) == jobs
+    assert all("Loss/G" in multiplexer.GetAccumulator(job).Tags()["scalars"] for job in jobs)
+
+
+def test_default_run_lands_in_outputs(tmp_path, data_root):
+    result = ganlab_train(*QUICK, *dataset_overrides("mnist", data_root), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert (run_dir / "metrics.json").exists() and (run_dir / ".hydra" / "config.yaml").exists()
+
+
+def test_unknown_option_lists_the_available_ones(tmp_path):
+    result = ganlab_train("loss=foo", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'loss/foo'" in result.stderr
+    assert "wgan-gp" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.batch_size=0"], "train.batch_size=0 is not allowed"),
+        (["train.lr=-1"], "train.g_lr=-1"),
+        (["train.d_steps=-1"], "train.d_steps=-1"),
+        (["model=dcgan", "dataset.image_size=48"], "dataset.image_size=48"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_a_non_zero_exit(tmp_path, data_root, overrides, expected):
+    result = ganlab_train(
+        *overrides, *dataset_overrides("mnist", data_root), f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("ganlab: error:")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_offline_says_where_it_looked(tmp_path):
+    result = ganlab_train("dataset.root=nowhere", *QUICK, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("ganlab: error:")]
+    assert len(error) == 1
+    assert str(tmp_path / "nowhere") in error[0] and "train-images-idx3-ubyte" in error[0]
+    assert "dataset.root=" in error[0] and "Traceback" not in result.stderr

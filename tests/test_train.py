@@ -1,0 +1,292 @@
+"""The training loop through its real code path: composed configs, real loaders, real event files read back."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATASET_KINDS, compose_config, dataset_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ganlab import losses
+from ganlab.checkpoint import CHECKPOINT, PREVIOUS
+from ganlab.errors import CheckpointError, ConfigError, DataError
+from ganlab.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+REGULARIZERS = sorted(p.stem for p in (CONF / "regularizer").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+# Small enough for a CPU test, while every layer of every architecture still runs.
+TINY = {
+    "mlp": ["model.hidden=16"],
+    "dcgan": ["model.g_width=4", "model.d_width=4", "model.z_dim=8", "dataset.image_size=32"],
+}
+QUICK = [
+    "train.steps=2",
+    "train.batch_size=4",
+    "log.every=1",
+    "log.sample_every=1",
+    "log.num_samples=4",
+    "train.checkpoint_every=0",
+    "log.progress=false",
+    "device=cpu",
+    "device.threads=1",  # tiny tensors: one thread avoids OpenMP overhead
+]
+
+
+def run(tmp_path: Path, data_root: Path, overrides: list[str], kind: str = "mnist", name: str = "run") -> dict:
+    cfg = compose_config(QUICK + dataset_overrides(kind, data_root) + overrides)
+    return train(cfg, tmp_path / name)
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.mark.parametrize("kind", DATASET_KINDS)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_loss_and_dataset_trains(tmp_path, data_root, model, loss, kind):
+    overrides = [f"model={model}", f"loss={loss}"] + TINY[model]
+    summary = run(tmp_path, data_root, overrides, kind)
+    assert summary["status"] == "completed"
+    assert summary["step"] == 2
+    assert set(summary["final"]) >= {"Loss/D", "Loss/G", "D/real", "D/fake", "Speed/images_per_second"}
+    assert (tmp_path / "run" / CHECKPOINT).exists()
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
+
+
+@pytest.mark.parametrize("regularizer", REGULARIZERS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_regularizer_combines_with_any_loss(tmp_path, data_root, model, regularizer):
+    summary = run(tmp_path, data_root, [f"model={model}", "loss=hinge", f"regularizer={regularizer}"] + TINY[model])
+    assert summary["status"] == "completed"
+    expected = {"gradient-penalty": {"Regularizer/gradient_penalty"}}.get(regularizer, set())
+    assert {k for k in summary["final"] if k.startswith("Regularizer/")} == expected
+
+
+def test_weight_clipping_bounds_the_critic(tmp_path, data_root):
+    run(tmp_path, data_root, ["loss=wgan", "regularizer.clip=0.005"])
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    d_weights = [v for k, v in state["model"].items() if k.startswith("discriminator.")]
+    assert max(w.abs().max().item() for w in d_weights) <= 0.005 + 1e-7
+
+
+def test_tensorboard_holds_scalars_grids_config_and_hparams(tmp_path, data_root):
+    run(tmp_path, data_root, ["loss=wgan-gp", "train.steps=4", "log.every=2", "log.sample_every=2"])
+    run_dir = tmp_path / "run"
+    accumulator = events(run_dir)
+    tags = accumulator.Tags()
+    for tag in [
+        "Loss/D",
+        "Loss/G",
+        "D/real",
+        "D/fake",
+        "Regularizer/gradient_penalty",
+        "Speed/steps_per_second",
+        "Speed/images_per_second",
+    ]:
+        assert [s.step for s in accumulator.Scalars(tag)] == [2, 4], tag
+    assert {"Samples/real", "Samples/fixed_noise"} <= set(tags["images"])
+    assert [i.step for i in accumulator.Images("Samples/fixed_noise")] == [2, 4]
+    assert "config/text_summary" in tags["tensors"]
+    assert "Final/Loss/D" in tags["scalars"]
+    assert set(accumulator.PluginTagToContent("hparams")) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+    # hparams go into the run's own event file: no timestamped subfolder holding events
+    assert len(list(run_dir.rglob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        "real.png",
+        "step_0000002.png",
+        "step_0000004.png",
+    ]
+    assert (run_dir / "config.yaml").read_text().count("_target_: ganlab.losses.Wasserstein") == 1
+
+
+def test_resume_continues_bit_identically(tmp_path, data_root):
+    common = ["loss=lsgan", "train.d_steps=2", "train.checkpoint_every=2"]
+    run(tmp_path, data_root, common + ["train.steps=6"], name="straight")
+    run(tmp_path, data_root, common + ["train.steps=3"], name="split")
+    summary = run(tmp_path, data_root, common + ["train.steps=6", "train.resume=true"], name="split")
+    assert summary["step"] == 6
+    straight = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
+    split = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, split["model"][name]), name
+    assert [s.step for s in events(tmp_path / "split").Scalars("Loss/D")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_time_budget_stops_cleanly_and_saves(tmp_path, data_root):
+    summary = run(tmp_path, data_root, ["train.steps=100000", "train.max_seconds=1", "log.every=10"])
+    assert summary["status"] == "time_budget"
+    assert 1 <= summary["step"] < 100000
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["step"] == summary["step"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "time_budget"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, monkeypatch):
+    calls = {"n": 0}
+    original = losses.LeastSquares.g_loss
+
+    def g_loss_turning_nan(self, fake_logits):
+        calls["n"] += 1
+        value = original(self, fake_logits)
+        return value * float("nan") if calls["n"] > 4 else value
+
+    monkeypatch.setattr(losses.LeastSquares, "g_loss", g_loss_turning_nan)
+    summary = run(tmp_path, data_root, ["loss=lsgan", "train.steps=10", "train.checkpoint_every=2"])
+    assert summary["status"] == "diverged"
+    assert summary["step"] == 5
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["step"] == 4
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.lr=-0.001", "train.g_lr"),
+        ("train.d_lr=-1", "train.d_lr"),
+        ("train.d_steps=-1", "train.d_steps"),
+        ("train.g_betas=[0.5,1.5]", "train.g_betas"),
+        ("log.every=0", "log.every"),
+        ("model.z_dim=0", "model.z_dim"),
+        ("model.output=relu", "model.output"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key(tmp_path, data_root, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(tmp_path, data_root, [override])
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_dcgan_rejects_an_image_size_it_cannot_make(tmp_path, data_root):
+    with pytest.raises(ConfigError, match=r"dataset\.image_size=48.*32, 64"):
+        run(tmp_path, data_root, ["model=dcgan", "dataset.image_size=48"])
+
+
+def test_missing_dataset_names_the_files_and_the_key(tmp_path, data_root):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*dataset\.root"):
+        run(tmp_path, tmp_path / "nowhere", [])
+
+
+def test_existing_run_is_never_overwritten(tmp_path, data_root):
+    run(tmp_path, data_root, [])
+    checkpoint = (tmp_path / "run" / CHECKPOINT).read_bytes()
+    with pytest.raises(CheckpointError, match=r"train\.resume=true"):
+        run(tmp_path, data_root, ["train.steps=4"])
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == checkpoint
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, data_root):
+    run(tmp_path, data_root, ["train.steps=4", "train.checkpoint_every=2"])
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"not a checkpoint")
+    summary = run(tmp_path, data_root, ["train.steps=6", "train.resume=true"])
+    assert summary["step"] == 6
+
+
+def test_corrupt_checkpoint_without_a_previous_one_is_a_clear_error(tmp_path, data_root):
+    run(tmp_path, data_root, [])
+    (tmp_path / "run" / PREVIOUS).unlink(missing_ok=True)
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"unreadable.*delete it"):
+        run(tmp_path, data_root, ["train.steps=4", "train.resume=true"])
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == b"garbage"
+
+
+def test_unwritable_run_dir_is_a_clear_error(tmp_path, data_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot write to the run dir"):
+        train(compose_config(QUICK + dataset_overrides("mnist", data_root)), blocker / "run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so device=cuda is valid")
+def test_cuda_without_a_gpu_says_so(tmp_path, data_root):
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        run(tmp_path, data_root, ["device=cuda"])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_preset_runs(tmp_path, data_root, experiment):
+    kind = "cifar10" if "cifar10" in experiment else "mnist"
+    summary = run(
+        tmp_path,
+        data_root,
+        [f"experiment={experiment}", "train.steps=1", "train.batch_size=2", "log.num_samples=2"],
+        kind,
+    )
+    assert summary["status"] == "completed"
+
+
+RECIPES = {
+    "lsgan_mlp_mnist": {
+        "model._target_": "ganlab.models.mlp.MLP",
+        "model.z_dim": 64,
+        "model.hidden": 128,
+        "model.depth": 1,
+        "model.init": "xavier",
+        "model.noise": "uniform",
+        "model.output": "sigmoid",
+        "loss._target_": "ganlab.losses.LeastSquares",
+        "train.batch_size": 32,
+        "train.d_steps": 3,
+        "train.g_lr": 1e-3,
+        "train.d_lr": 1e-3,
+        "dataset._target_": "ganlab.data.MNIST",
+    },
+    "fgan_mlp_mnist": {
+        "model.z_dim": 10,
+        "model.hidden": 128,
+        "loss._target_": "ganlab.losses.ReverseKL",
+        "train.batch_size": 32,
+        "train.d_steps": 1,
+        "train.g_lr": 1e-3,
+    },
+    "dcgan_mnist": {
+        "model._target_": "ganlab.models.dcgan.DCGAN",
+        "dataset.image_size": 64,
+        "model.d_norm": "batch",
+        "model.z_dim": 100,
+        "loss._target_": "ganlab.losses.NonSaturating",
+        "train.batch_size": 64,
+        "train.g_lr": 2e-4,
+        "train.g_betas": [0.5, 0.999],
+        "train.d_betas": [0.5, 0.999],
+    },
+    "dcgan_cifar10": {
+        "dataset._target_": "ganlab.data.CIFAR10",
+        "dataset.image_size": 64,
+        "train.batch_size": 128,
+        "train.d_lr": 2e-4,
+        "train.d_betas": [0.5, 0.999],
+    },
+    "wgan_gp_dcgan_mnist": {
+        "loss._target_": "ganlab.losses.Wasserstein",
+        "regularizer._target_": "ganlab.regularizers.GradientPenalty",
+        "regularizer.weight": 10.0,
+        "model.d_norm": "instance",
+        "train.d_steps": 5,
+        "train.g_betas": [0.5, 0.9],
+        "train.d_betas": [0.5, 0.9],
+        "train.d_lr": 2e-4,
+        "dataset.image_size": 64,
+    },
+}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_holds_its_exact_recipe(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    for key, expected in RECIPES[experiment].items():
+        section, name = key.split(".")
+        value = cfg[section][name]
+        assert (list(value) if not isinstance(value, (str, int, float)) else value) == expected, key
