@@ -45,6 +45,7 @@ class DeviceConfig:
     type: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
     precision: str = "fp32"  # fp32, or bf16 autocast
     threads: int | None = None  # CPU threads for torch; None = torch's default
+    compile: bool = False  # torch.compile G and D (slow first steps, faster after)
 
 
 @dataclass

@@ -20,22 +20,13 @@ from tqdm import tqdm
 from ganlab import checkpoint as ckpt
 from ganlab.config import build, register_configs, validate
 from ganlab.data import make_batches
-from ganlab.device import autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from ganlab.device import resolve_device, rng_state, seed_everything, set_rng_state
 from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
-from ganlab.models.base import has_batch_statistics
 from ganlab.monitor import Monitor, RunningStats, all_finite, write_json
-from ganlab.regularizers import GradientPenalty
+from ganlab.step import build_gan, sample_images, train_step
 
 log = logging.getLogger("ganlab")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def make_adam(parameters, lr: float, betas, device: torch.device) -> torch.optim.Adam:
-    """Adam with the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one."""
-    try:
-        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), foreach=True)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -49,49 +40,6 @@ def check_writable(run_dir: Path) -> None:
         raise ConfigError(
             f"cannot write to the run dir {run_dir} ({error.strerror}): set hydra.run.dir to a writable folder."
         ) from None
-
-
-def discriminator_step(model, loss, regularizer, d_opt, real, z, joint: bool, precision: str, keep_graph: bool):
-    """One discriminator update on `real` and G(z). Returns the fake batch (with G's graph if `keep_graph`) and stats.
-
-    joint: run real and fake through D in one forward pass (only valid without batch-statistics layers).
-    """
-    G, D = model.generator, model.discriminator
-    with autocast(real.device, precision):
-        with torch.set_grad_enabled(keep_graph):
-            fake = G(z)
-        if joint:
-            real_logits, fake_logits = D(torch.cat([real, fake.detach()])).split(real.shape[0])
-        else:
-            real_logits, fake_logits = D(real), D(fake.detach())
-        d_loss = loss.d_loss(real_logits.float(), fake_logits.float())
-        penalties = regularizer.penalty(D, real, fake)
-    d_opt.zero_grad(set_to_none=True)
-    (d_loss + sum(penalties.values())).backward()
-    d_opt.step()
-    regularizer.after_step(D)
-    stats = {"Loss/D": d_loss, "D/real": real_logits.mean(), "D/fake": fake_logits.mean()}
-    stats.update({f"Regularizer/{name}": value for name, value in penalties.items()})
-    return fake, stats
-
-
-def generator_step(model, loss, g_opt, fake, precision: str) -> dict:
-    """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does."""
-    with autocast(fake.device, precision):
-        g_loss = loss.g_loss(model.discriminator(fake).float())
-    g_opt.zero_grad(set_to_none=True)
-    g_loss.backward()
-    g_opt.step()
-    return {"Loss/G": g_loss}
-
-
-@torch.no_grad()
-def sample_images(model, noise) -> torch.Tensor:
-    """Generator output for `noise` in eval mode (running BatchNorm statistics), without changing any state."""
-    model.generator.eval()
-    images = model.generator(noise)
-    model.generator.train()
-    return images
 
 
 def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
@@ -111,17 +59,9 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size).to(device)
-    model.check_shapes()
-    loss = build(cfg.loss, "loss")
-    regularizer = build(cfg.regularizer, "regularizer")
-    joint = not has_batch_statistics(model.discriminator)  # one D forward over real and fake together
-    precision = cfg.device.precision
-    if isinstance(regularizer, GradientPenalty) and not joint:
-        log.warning("the gradient penalty assumes per-sample critic outputs; set model.d_norm=instance or none")
+    gan = build_gan(cfg, device)
+    model, g_opt, d_opt = gan.model, gan.g_opt, gan.d_opt
     batches = make_batches(build(cfg.dataset, "dataset"), device, model.output_range, cfg.train.batch_size)
-    g_opt = make_adam(model.generator.parameters(), cfg.train.g_lr, cfg.train.g_betas, device)
-    d_opt = make_adam(model.discriminator.parameters(), cfg.train.d_lr, cfg.train.d_betas, device)
     fixed_noise = model.sample_noise(cfg.log.num_samples, device)
 
     start_step, seconds_before = 0, 0.0
@@ -174,13 +114,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         disable=not (cfg.log.progress and sys.stderr.isatty()),
     )
     for step in range(start_step + 1, cfg.train.steps + 1):
-        for d_step in range(cfg.train.d_steps):
-            real = batches.next(cfg.train.batch_size)
-            z = model.sample_noise(cfg.train.batch_size, device)
-            keep_graph = d_step == cfg.train.d_steps - 1  # G's update reuses the last fake batch
-            fake, d_stats = discriminator_step(model, loss, regularizer, d_opt, real, z, joint, precision, keep_graph)
-        g_stats = generator_step(model, loss, g_opt, fake, precision)
-        stats.add(d_stats | g_stats)
+        stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
         steps_since_read += 1
 
         out_of_time = cfg.train.max_seconds is not None and (

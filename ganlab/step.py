@@ -1,0 +1,128 @@
+"""One training step, and the parts it touches, built once from the config.
+
+`train_step` is shared by the training loop and `scripts/bench.py`, so the benchmark measures exactly the step that
+training runs: `d_steps` discriminator updates, then one generator update on the last fake batch.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from ganlab.config import build
+from ganlab.device import autocast
+from ganlab.losses import GANLoss
+from ganlab.models.base import GANModel, has_batch_statistics
+from ganlab.regularizers import GradientPenalty, Regularizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GAN:
+    """Everything a training step touches. `generator`/`discriminator` are the modules, compiled when asked."""
+
+    model: GANModel  # owns the parameters and the state dict
+    loss: GANLoss
+    regularizer: Regularizer
+    g_opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    generator: Callable[[Tensor], Tensor]
+    discriminator: Callable[[Tensor], Tensor]
+    joint: bool  # one D forward over real and fake together (only without batch-statistics layers)
+    channels_last: bool  # conv models run in channels_last memory format
+    precision: str  # fp32, or bf16 autocast
+
+
+def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has one for the device, else the multi-tensor (foreach) one."""
+    parameters = list(parameters)
+    try:
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), foreach=True)
+
+
+def build_gan(cfg: DictConfig, device: torch.device) -> GAN:
+    """The model, loss, regulariser and optimisers of `cfg`, on `device`, shape-checked."""
+    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size)
+    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    model.check_shapes()
+    regularizer = build(cfg.regularizer, "regularizer")
+    joint = not has_batch_statistics(model.discriminator)
+    if isinstance(regularizer, GradientPenalty) and not joint:
+        log.warning("the gradient penalty assumes per-sample critic outputs; set model.d_norm=instance or none")
+    generator, discriminator = model.generator, model.discriminator
+    if cfg.device.compile:
+        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+    return GAN(
+        model=model,
+        loss=build(cfg.loss, "loss"),
+        regularizer=regularizer,
+        g_opt=make_adam(model.generator.parameters(), cfg.train.g_lr, cfg.train.g_betas),
+        d_opt=make_adam(model.discriminator.parameters(), cfg.train.d_lr, cfg.train.d_betas),
+        generator=generator,
+        discriminator=discriminator,
+        joint=joint,
+        channels_last=channels_last,
+        precision=cfg.device.precision,
+    )
+
+
+def discriminator_step(gan: GAN, real: Tensor, z: Tensor, keep_graph: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """One discriminator update on `real` and G(z); returns the fake batch (with G's graph if `keep_graph`), stats."""
+    if gan.channels_last:
+        real = real.contiguous(memory_format=torch.channels_last)
+    with autocast(real.device, gan.precision):
+        with torch.set_grad_enabled(keep_graph):
+            fake = gan.generator(z)
+        if gan.joint:
+            real_logits, fake_logits = gan.discriminator(torch.cat([real, fake.detach()])).split(real.shape[0])
+        else:
+            real_logits, fake_logits = gan.discriminator(real), gan.discriminator(fake.detach())
+        d_loss = gan.loss.d_loss(real_logits.float(), fake_logits.float())
+        # the penalty differentiates D twice, which compiled modules do not support: it uses the plain module
+        penalties = gan.regularizer.penalty(gan.model.discriminator, real, fake)
+    gan.d_opt.zero_grad(set_to_none=True)
+    (d_loss + sum(penalties.values())).backward()
+    gan.d_opt.step()
+    gan.regularizer.after_step(gan.model.discriminator)
+    stats = {"Loss/D": d_loss, "D/real": real_logits.mean(), "D/fake": fake_logits.mean()}
+    stats.update({f"Regularizer/{name}": value for name, value in penalties.items()})
+    return fake, stats
+
+
+def generator_step(gan: GAN, fake: Tensor) -> dict[str, Tensor]:
+    """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does."""
+    with autocast(fake.device, gan.precision):
+        g_loss = gan.loss.g_loss(gan.discriminator(fake).float())
+    gan.g_opt.zero_grad(set_to_none=True)
+    g_loss.backward()
+    gan.g_opt.step()
+    return {"Loss/G": g_loss}
+
+
+def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Tensor]:
+    """`d_steps` discriminator updates, each on a fresh real and noise batch, then one generator update.
+
+    Returns the step's statistics as device tensors: reading them is left to the caller, so no step syncs.
+    """
+    device = next(gan.model.parameters()).device
+    for d_step in range(d_steps):
+        real = batches.next(batch_size)
+        z = gan.model.sample_noise(batch_size, device)
+        fake, d_stats = discriminator_step(gan, real, z, keep_graph=d_step == d_steps - 1)
+    return d_stats | generator_step(gan, fake)
+
+
+@torch.no_grad()
+def sample_images(model: GANModel, noise: Tensor) -> Tensor:
+    """Generator output for `noise` in eval mode (running BatchNorm statistics), without changing any state."""
+    model.generator.eval()
+    images = model.generator(noise)
+    model.generator.train()
+    return images
