@@ -97,11 +97,16 @@ def discriminator_step(gan: GAN, real: Tensor, z: Tensor, keep_graph: bool) -> t
 
 
 def generator_step(gan: GAN, fake: Tensor) -> dict[str, Tensor]:
-    """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does."""
+    """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does.
+
+    D's parameters are frozen for the backward pass: G's update needs gradients through D, not of D's weights.
+    """
+    gan.model.discriminator.requires_grad_(False)
     with autocast(fake.device, gan.precision):
         g_loss = gan.loss.g_loss(gan.discriminator(fake).float())
     gan.g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
+    gan.model.discriminator.requires_grad_(True)
     gan.g_opt.step()
     return {"Loss/G": g_loss}
 
