@@ -1,7 +1,11 @@
 """What a run writes for people to read: TensorBoard scalars, sample grids (also as PNG), config and hparams."""
 
 import json
+import logging
 import math
+import signal
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -10,6 +14,9 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+log = logging.getLogger("ganlab")
 
 
 class RunningStats:
@@ -82,3 +89,67 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+class Throughput:
+    """Steps and images per second since the previous read."""
+
+    def __init__(self, step: int, images_per_step: int):
+        self.step, self.time = step, time.monotonic()
+        self.images_per_step = images_per_step
+
+    def read(self, step: int) -> dict[str, float]:
+        now = time.monotonic()
+        steps_per_second = (step - self.step) / max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return {
+            "Speed/steps_per_second": steps_per_second,
+            "Speed/images_per_second": steps_per_second * self.images_per_step,
+        }
+
+
+class Progress:
+    """A progress bar on an interactive terminal; a log line per scalar read elsewhere (sweeps, CI)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.bar = tqdm(
+            total=total, initial=start, unit="step", dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty())
+        )
+
+    def update(self, step: int, values: dict[str, float]) -> None:
+        d_loss, g_loss, rate = values["Loss/D"], values["Loss/G"], values["Speed/steps_per_second"]
+        if self.bar.disable:
+            log.info("step %d/%d  Loss/D %.4f  Loss/G %.4f  %.1f steps/s", step, self.bar.total, d_loss, g_loss, rate)
+            return
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix({"D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGUSR1 ask the loop to checkpoint and return instead of killing the process."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignals":
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                try:
+                    self._previous[number] = signal.signal(number, self._handle)
+                except ValueError:  # not the main thread: leave signals to the caller
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)

@@ -15,14 +15,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from ganlab import checkpoint as ckpt
 from ganlab.config import build, register_configs, validate
 from ganlab.data import make_batches
 from ganlab.device import resolve_device, rng_state, seed_everything, set_rng_state
 from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
-from ganlab.monitor import Monitor, RunningStats, all_finite, write_json
+from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Throughput, all_finite, write_json
 from ganlab.step import build_gan, sample_images, train_step
 
 log = logging.getLogger("ganlab")
@@ -102,59 +101,39 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         ckpt.save_checkpoint(run_dir, state)
 
     stats = RunningStats()
+    speed = Throughput(start_step, cfg.train.batch_size * cfg.train.d_steps)
+    progress = Progress(cfg.train.steps, start_step, enabled=cfg.log.progress)
     last: dict[str, float] = {}
     status, step = "completed", start_step
-    started = last_read = time.monotonic()
-    steps_since_read = 0
-    bar = tqdm(
-        total=cfg.train.steps,
-        initial=start_step,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (cfg.log.progress and sys.stderr.isatty()),
-    )
-    for step in range(start_step + 1, cfg.train.steps + 1):
-        stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
-        steps_since_read += 1
+    started = time.monotonic()
+    with StopSignals() as stop:
+        for step in range(start_step + 1, cfg.train.steps + 1):
+            stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
 
-        out_of_time = cfg.train.max_seconds is not None and (
-            seconds_before + time.monotonic() - started >= cfg.train.max_seconds
-        )
-        final = step == cfg.train.steps or out_of_time
-        if step % cfg.log.every == 0 or final:
-            values = stats.read()
-            if not all_finite(values):
-                status = "diverged"
+            out_of_time = cfg.train.max_seconds is not None and (
+                seconds_before + time.monotonic() - started >= cfg.train.max_seconds
+            )
+            final = step == cfg.train.steps or out_of_time or stop.requested
+            if step % cfg.log.every == 0 or final:
+                values = stats.read()
+                if not all_finite(values):
+                    status = "diverged"
+                    break
+                last = values | speed.read(step)
+                monitor.scalars(last, step)
+                progress.update(step, last)
+            if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
+                images = sample_images(model, fixed_noise)
+                monitor.grid("Samples/fixed_noise", images, model.output_range, step, f"step_{step:07d}.png")
+            if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    status = "diverged"
+                    break
+                save(step)
+            if out_of_time or stop.requested:
+                status = "time_budget" if out_of_time else f"stopped by {stop.requested}"
                 break
-            now = time.monotonic()
-            steps_per_second = steps_since_read / max(now - last_read, 1e-9)
-            values["Speed/steps_per_second"] = steps_per_second
-            values["Speed/images_per_second"] = steps_per_second * cfg.train.batch_size * cfg.train.d_steps
-            last, last_read, steps_since_read = values, now, 0
-            monitor.scalars(values, step)
-            bar.update(step - bar.n)
-            bar.set_postfix({"D": f"{values['Loss/D']:.3f}", "G": f"{values['Loss/G']:.3f}"})
-            if bar.disable:
-                log.info(
-                    "step %d/%d  Loss/D %.4f  Loss/G %.4f  %.1f steps/s",
-                    step,
-                    cfg.train.steps,
-                    values["Loss/D"],
-                    values["Loss/G"],
-                    steps_per_second,
-                )
-        if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
-            images = sample_images(model, fixed_noise)
-            monitor.grid("Samples/fixed_noise", images, model.output_range, step, f"step_{step:07d}.png")
-        if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
-            if not all(torch.isfinite(p).all() for p in model.parameters()):
-                status = "diverged"
-                break
-            save(step)
-        if out_of_time:
-            status = "time_budget"
-            break
-    bar.close()
+    progress.close()
 
     summary = {
         "status": status,

@@ -1,8 +1,10 @@
 """The `ganlab-train` command line, run for real in subprocesses."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,26 @@ def test_missing_dataset_offline_says_where_it_looked(tmp_path):
     assert len(error) == 1
     assert str(tmp_path / "nowhere") in error[0] and "train-images-idx3-ubyte" in error[0]
     assert "dataset.root=" in error[0] and "Traceback" not in result.stderr
+
+
+def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    overrides = [*QUICK, *dataset_overrides("mnist", data_root), f"hydra.run.dir={run_dir}", "log.every=10"]
+    command = [sys.executable, "-m", "ganlab.train", *overrides, "train.steps=1000000"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "samples" / "real.png").exists():  # written just before the first step
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "stopped by SIGTERM"
+    stopped_at = metrics["step"]
+    assert stopped_at >= 1
+
+    result = ganlab_train(*overrides, f"train.steps={stopped_at + 3}", "train.resume=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == stopped_at + 3

@@ -121,7 +121,7 @@ def test_resume_continues_bit_identically(tmp_path, data_root):
     split = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
-    assert [s.step for s in events(tmp_path / "split").Scalars("Loss/D")] == [1, 2, 3, 4, 5, 6]
+    assert sorted(s.step for s in events(tmp_path / "split").Scalars("Loss/D")) == [1, 2, 3, 4, 5, 6]
 
 
 def test_time_budget_stops_cleanly_and_saves(tmp_path, data_root):
