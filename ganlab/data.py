@@ -216,14 +216,15 @@ class InMemoryBatches:
 
     def scale(self, images: Tensor) -> Tensor:
         """uint8 -> float in `value_range`, with the same operations as ToTensor (and Normalize(0.5, 0.5))."""
-        x = images.float().div(255)
+        x = images.float()  # a new tensor, so the steps below run in place without extra allocations
+        x.div_(255)
         if (self.low, self.high) == (-1.0, 1.0):
-            x = x.sub(0.5).div(0.5)
+            x.sub_(0.5).div_(0.5)
         return x
 
     def next(self, batch_size: int) -> Tensor:
         index = torch.randint(len(self), (batch_size,), device=self.device)
-        return self.scale(self.images[index])
+        return self.scale(self.images.index_select(0, index))
 
 
 class StreamingBatches:
