@@ -28,6 +28,7 @@ class TrainConfig:
     d_lr: float = "${train.lr}"  # type: ignore[assignment]  # discriminator Adam learning rate
     g_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # generator Adam betas
     d_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # discriminator Adam betas
+    ema_decay: float = 0.0  # exponential moving average of G's weights, sampled beside G; 0 = off
     checkpoint_every: int = 1000  # steps between checkpoints; 0 = only at the end
     resume: bool = False  # continue from the checkpoint in the run dir (start fresh if there is none)
 
@@ -96,6 +97,7 @@ RULES = [
     ("train.d_betas", _betas, "two numbers in [0, 1)"),
     ("train.max_seconds", lambda v: v is None or _positive_number(v), "null or a number of seconds > 0"),
     ("train.checkpoint_every", _non_negative_int, "an integer >= 0"),
+    ("train.ema_decay", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1), 0 = off"),
     ("log.every", _positive_int, "an integer >= 1"),
     ("log.sample_every", _non_negative_int, "an integer >= 0"),
     ("log.num_samples", _positive_int, "an integer >= 1"),

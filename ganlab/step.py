@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ganlab.config import build
 from ganlab.device import autocast
@@ -35,6 +36,7 @@ class GAN:
     joint: bool  # one D forward over real and fake together (only without batch-statistics layers)
     channels_last: bool  # conv models run in channels_last memory format
     precision: str  # fp32, or bf16 autocast
+    ema: AveragedModel | None = None  # exponential moving average of the generator; None when train.ema_decay=0
 
 
 def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:
@@ -59,7 +61,11 @@ def build_gan(cfg: DictConfig, device: torch.device) -> GAN:
     generator, discriminator = model.generator, model.discriminator
     if cfg.device.compile:
         generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+    ema = None
+    if cfg.train.ema_decay > 0:  # AveragedModel copies G; use_buffers averages BatchNorm statistics too
+        ema = AveragedModel(model.generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     return GAN(
+        ema=ema,
         model=model,
         loss=build(cfg.loss, "loss"),
         regularizer=regularizer,
@@ -121,13 +127,17 @@ def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Te
         real = batches.next(batch_size)
         z = gan.model.sample_noise(batch_size, device)
         fake, d_stats = discriminator_step(gan, real, z, keep_graph=d_step == d_steps - 1)
-    return d_stats | generator_step(gan, fake)
+    g_stats = generator_step(gan, fake)
+    if gan.ema is not None:
+        gan.ema.update_parameters(gan.model.generator)
+    return d_stats | g_stats
 
 
 @torch.no_grad()
-def sample_images(model: GANModel, noise: Tensor) -> Tensor:
+def sample_images(generator: torch.nn.Module, noise: Tensor) -> Tensor:
     """Generator output for `noise` in eval mode (running BatchNorm statistics), without changing any state."""
-    model.generator.eval()
-    images = model.generator(noise)
-    model.generator.train()
+    was_training = generator.training
+    generator.eval()
+    images = generator(noise)
+    generator.train(was_training)
     return images

@@ -70,7 +70,9 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
             model.load_state_dict(state["model"])
             g_opt.load_state_dict(state["g_opt"])
             d_opt.load_state_dict(state["d_opt"])
-        except (RuntimeError, KeyError, ValueError):
+            if gan.ema is not None:
+                gan.ema.load_state_dict(state["ema"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):
             raise CheckpointError(
                 f"the checkpoint in {run_dir} was written by a different model or optimiser config: resume "
                 f"with the run's own config ({run_dir / 'config.yaml'}) or set hydra.run.dir to a new folder."
@@ -94,6 +96,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
             "model": model.state_dict(),
             "g_opt": g_opt.state_dict(),
             "d_opt": d_opt.state_dict(),
+            "ema": gan.ema.state_dict() if gan.ema is not None else None,
             "fixed_noise": fixed_noise.cpu(),
             "rng": rng_state(),
             "config": OmegaConf.to_container(cfg, resolve=True),
@@ -123,8 +126,11 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
                 monitor.scalars(last, step)
                 progress.update(step, last)
             if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
-                images = sample_images(model, fixed_noise)
+                images = sample_images(model.generator, fixed_noise)
                 monitor.grid("Samples/fixed_noise", images, model.output_range, step, f"step_{step:07d}.png")
+                if gan.ema is not None:
+                    images = sample_images(gan.ema.module, fixed_noise)
+                    monitor.grid("Samples/fixed_noise_ema", images, model.output_range, step, f"ema_{step:07d}.png")
             if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     status = "diverged"

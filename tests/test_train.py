@@ -112,7 +112,7 @@ def test_tensorboard_holds_scalars_grids_config_and_hparams(tmp_path, data_root)
 
 
 def test_resume_continues_bit_identically(tmp_path, data_root):
-    common = ["loss=lsgan", "train.d_steps=2", "train.checkpoint_every=2"]
+    common = ["loss=lsgan", "train.d_steps=2", "train.checkpoint_every=2", "train.ema_decay=0.9"]
     run(tmp_path, data_root, common + ["train.steps=6"], name="straight")
     run(tmp_path, data_root, common + ["train.steps=3"], name="split")
     summary = run(tmp_path, data_root, common + ["train.steps=6", "train.resume=true"], name="split")
@@ -121,6 +121,8 @@ def test_resume_continues_bit_identically(tmp_path, data_root):
     split = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
+    for name, tensor in straight["ema"].items():
+        assert torch.equal(tensor, split["ema"][name]), name
     assert sorted(s.step for s in events(tmp_path / "split").Scalars("Loss/D")) == [1, 2, 3, 4, 5, 6]
 
 
@@ -290,3 +292,21 @@ def test_every_preset_holds_its_exact_recipe(experiment):
         section, name = key.split(".")
         value = cfg[section][name]
         assert (list(value) if not isinstance(value, (str, int, float)) else value) == expected, key
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ema_generator_averages_the_generator_and_is_sampled(tmp_path, data_root, model):
+    run(tmp_path, data_root, [f"model={model}", "train.ema_decay=0.9", "train.steps=3"] + TINY[model], name="slow")
+    state = torch.load(tmp_path / "slow" / CHECKPOINT, weights_only=False)
+    generator = {k.removeprefix("generator."): v for k, v in state["model"].items() if k.startswith("generator.")}
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert generator.keys() == ema.keys()
+    assert any(not torch.allclose(generator[k].float(), ema[k].float()) for k in generator)
+    assert "Samples/fixed_noise_ema" in events(tmp_path / "slow").Tags()["images"]
+    assert (tmp_path / "slow" / "samples" / "ema_0000003.png").exists()
+
+    run(tmp_path, data_root, [f"model={model}", "train.ema_decay=1e-9", "train.steps=3"] + TINY[model], name="fast")
+    state = torch.load(tmp_path / "fast" / CHECKPOINT, weights_only=False)
+    for name, value in state["ema"].items():
+        if name.startswith("module.") and value.is_floating_point():  # a decay of ~0 follows G exactly
+            torch.testing.assert_close(value, state["model"]["generator." + name.removeprefix("module.")])
