@@ -21,6 +21,7 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+from torchvision.utils import make_grid
 
 from ganlab.errors import ConfigError, DataError
 
@@ -120,6 +121,32 @@ class ImageSource:
             return torch.cat([images for images, _ in loader])
         except READ_ERRORS as error:
             raise self._data_error(error) from None
+
+    def batches(
+        self, device: torch.device, value_range: tuple[float, float], batch_size: int
+    ) -> "InMemoryBatches | StreamingBatches":
+        """Pick the data path: in memory when `in_memory` is true, or auto and the decoded size fits the limit."""
+        dataset = self.checked_open(reference_transform(self, value_range))
+        size_mb = len(dataset) * self.channels * self.image_size**2 / 2**20
+        keep = self.in_memory is True or (self.in_memory == "auto" and size_mb <= self.memory_limit_mb)
+        if not keep:
+            if len(dataset) < batch_size:
+                raise DataError(
+                    f"dataset {self.name} under {self.root} has {len(dataset)} images, fewer than one batch: "
+                    f"lower train.batch_size to at most {len(dataset)} or add images."
+                )
+            log.info(
+                "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
+                len(dataset), size_mb, self.workers,
+            )  # fmt: skip
+            return StreamingBatches(dataset, device, batch_size, self.workers)
+        images = self.decode_uint8()
+        log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
+        return InMemoryBatches(images, device, value_range)
+
+    def picture(self, images: Tensor, value_range: tuple[float, float]) -> Tensor:
+        """A (3, H, W) grid of `images` for TensorBoard and PNG files."""
+        return make_grid(images.detach().float().cpu(), nrow=8, normalize=True, value_range=tuple(value_range))
 
 
 # what torchvision and PIL raise for missing, truncated or corrupt files
@@ -278,26 +305,6 @@ def reference_transform(source: ImageSource, value_range: tuple[float, float]) -
     return transforms.Compose(steps)
 
 
-def make_batches(
-    source: ImageSource, device: torch.device, value_range: tuple[float, float], batch_size: int
-) -> InMemoryBatches | StreamingBatches:
-    """Pick the data path: in memory when `source.in_memory` is true, or auto and the decoded size fits the limit."""
-    dataset = source.checked_open(reference_transform(source, value_range))
-    size_mb = len(dataset) * source.channels * source.image_size**2 / 2**20
-    keep = source.in_memory is True or (source.in_memory == "auto" and size_mb <= source.memory_limit_mb)
-    if not keep:
-        if len(dataset) < batch_size:
-            raise DataError(
-                f"dataset {source.name} under {source.root} has {len(dataset)} images, fewer than one batch: "
-                f"lower train.batch_size to at most {len(dataset)} or add images."
-            )
-        log.info(
-            "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
-            len(dataset),
-            size_mb,
-            source.workers,
-        )
-        return StreamingBatches(dataset, device, batch_size, source.workers)
-    images = source.decode_uint8()
-    log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
-    return InMemoryBatches(images, device, value_range)
+def make_batches(source, device: torch.device, value_range: tuple[float, float], batch_size: int):
+    """The batches of any dataset source (images or toy points), scaled to the generator's `value_range`."""
+    return source.batches(device, value_range, batch_size)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 from tqdm import tqdm
 
 log = logging.getLogger("ganlab")
@@ -64,12 +64,11 @@ class Monitor:
         yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.writer.add_text("config", "\n".join("    " + line for line in yaml.splitlines()), 0)
 
-    def grid(self, tag: str, images: Tensor, value_range: tuple[float, float], step: int, png_name: str) -> Path:
-        """Log a grid of `images` (values in `value_range`) to TensorBoard and save it as `samples/<png_name>`."""
-        grid = make_grid(images.detach().float().cpu(), nrow=8, normalize=True, value_range=value_range)
-        self.writer.add_image(tag, grid, step)
+    def picture(self, tag: str, picture: Tensor, step: int, png_name: str) -> Path:
+        """Log a (3, H, W) picture in [0, 1] to TensorBoard and save it as `samples/<png_name>`."""
+        self.writer.add_image(tag, picture, step)
         path = self.samples_dir / png_name
-        save_image(grid, path)
+        save_image(picture, path)
         return path
 
     def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:

@@ -141,3 +141,8 @@ def sample_images(generator: torch.nn.Module, noise: Tensor) -> Tensor:
     images = generator(noise)
     generator.train(was_training)
     return images
+
+
+def generators(gan: GAN) -> list[tuple[str, torch.nn.Module]]:
+    """The generators to sample and evaluate, with the suffix of their tags: G (""), and its EMA ("_ema")."""
+    return [("", gan.model.generator)] + ([("_ema", gan.ema.module)] if gan.ema is not None else [])

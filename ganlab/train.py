@@ -22,7 +22,7 @@ from ganlab.data import make_batches
 from ganlab.device import resolve_device, rng_state, seed_everything, set_rng_state
 from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
 from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Throughput, all_finite, write_json
-from ganlab.step import build_gan, sample_images, train_step
+from ganlab.step import build_gan, generators, sample_images, train_step
 
 log = logging.getLogger("ganlab")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -60,7 +60,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
 
     gan = build_gan(cfg, device)
     model, g_opt, d_opt = gan.model, gan.g_opt, gan.d_opt
-    batches = make_batches(build(cfg.dataset, "dataset"), device, model.output_range, cfg.train.batch_size)
+    source = build(cfg.dataset, "dataset")
+    batches = make_batches(source, device, model.output_range, cfg.train.batch_size)
     fixed_noise = model.sample_noise(cfg.log.num_samples, device)
 
     start_step, seconds_before = 0, 0.0
@@ -87,7 +88,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     if start_step == 0:
         monitor.config(cfg)
         real_grid = batches.next(cfg.log.num_samples)
-        monitor.grid("Samples/real", real_grid, model.output_range, 0, "real.png")
+        monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
 
     def save(step: int) -> None:
         state = {
@@ -126,11 +127,10 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
                 monitor.scalars(last, step)
                 progress.update(step, last)
             if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
-                images = sample_images(model.generator, fixed_noise)
-                monitor.grid("Samples/fixed_noise", images, model.output_range, step, f"step_{step:07d}.png")
-                if gan.ema is not None:
-                    images = sample_images(gan.ema.module, fixed_noise)
-                    monitor.grid("Samples/fixed_noise_ema", images, model.output_range, step, f"ema_{step:07d}.png")
+                for suffix, generator in generators(gan):
+                    picture = source.picture(sample_images(generator, fixed_noise), model.output_range)
+                    png = f"{'ema' if suffix else 'step'}_{step:07d}.png"
+                    monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, png)
             if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     status = "diverged"

@@ -22,6 +22,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # the dataset options of conf/dataset/, so a new dataset is tested (or fails loudly) without editing this file
 DATASET_KINDS = sorted(path.stem for path in CONF_DIR.glob("dataset/*.yaml"))
+# the toy 2-D mixtures (ganlab.toy) need no files; the image datasets (ganlab.data) are written by `data_root`
+TOY_KINDS = [k for k in DATASET_KINDS if "ganlab.toy." in (CONF_DIR / "dataset" / f"{k}.yaml").read_text()]
+IMAGE_KINDS = [k for k in DATASET_KINDS if k not in TOY_KINDS]
 
 MNIST_TRAIN_IMAGES = 64  # images in each fixture's MNIST / Fashion-MNIST train split
 MNIST_TEST_IMAGES = 16  # ... and in its t10k split
@@ -43,7 +46,7 @@ _OVERRIDES = {
     "fashion_mnist": lambda root: ["dataset=fashion_mnist", f"dataset.root={root}"],
     "cifar10": lambda root: ["dataset=cifar10", f"dataset.root={root}"],
     "folder": lambda root: ["dataset=folder", f"dataset.root={Path(root) / 'folder'}", "dataset.image_size=32"],
-}
+} | {kind: (lambda root, kind=kind: [f"dataset={kind}"]) for kind in TOY_KINDS}
 
 _SEEDS = {"mnist": 1, "fashion_mnist": 2, "cifar10": 3, "folder": 4}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 from conftest import (
-    DATASET_KINDS,
+    IMAGE_KINDS,
     TRAIN_COUNTS,
     compose_config,
     dataset_overrides,
@@ -38,7 +38,7 @@ EXPECTED_NAME = {
 }
 
 # every dataset option at its fixture settings, plus resized and re-channelled variants
-SOURCE_CASES = [(kind, ()) for kind in DATASET_KINDS] + [
+SOURCE_CASES = [(kind, ()) for kind in IMAGE_KINDS] + [
     ("mnist", ("dataset.image_size=32",)),
     ("mnist", ("dataset.channels=3",)),
     ("cifar10", ("dataset.image_size=16",)),
@@ -46,7 +46,7 @@ SOURCE_CASES = [(kind, ()) for kind in DATASET_KINDS] + [
     ("folder", ("dataset.image_size=64",)),
 ]
 # streaming shares the reference transform, so one resized case besides the plain ones is enough
-STREAMING_CASES = [(kind, ()) for kind in DATASET_KINDS] + [("mnist", ("dataset.image_size=32",))]
+STREAMING_CASES = [(kind, ()) for kind in IMAGE_KINDS] + [("mnist", ("dataset.image_size=32",))]
 
 
 def case_id(case) -> str:
@@ -82,8 +82,8 @@ def skip_without(path: Path):
 
 
 def test_every_dataset_option_has_test_data(data_root):
-    assert {"mnist", "fashion_mnist", "cifar10", "folder"} <= set(DATASET_KINDS)
-    for kind in DATASET_KINDS:
+    assert {"mnist", "fashion_mnist", "cifar10", "folder"} <= set(IMAGE_KINDS)
+    for kind in IMAGE_KINDS:
         assert dataset_overrides(kind, data_root)[0] == f"dataset={kind}"
 
 
@@ -92,7 +92,7 @@ def test_dataset_overrides_rejects_a_kind_without_test_data(data_root):
         dataset_overrides("imagenet", data_root)
 
 
-@pytest.mark.parametrize("kind", DATASET_KINDS)
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_loads_through_torchvision(kind, data_root):
     cfg = compose_config(dataset_overrides(kind, data_root))
     source = instantiate(cfg.dataset)
@@ -209,7 +209,7 @@ def test_streaming_a_dataset_smaller_than_a_batch_is_a_data_error(data_root):
 # --- choosing the path ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", DATASET_KINDS)
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_auto_streams_only_when_the_decoded_images_exceed_the_limit(kind, data_root):
     tiny = build_source(kind, data_root, "dataset.in_memory=auto", "dataset.memory_limit_mb=0.0001")
     assert isinstance(make_batches(tiny, CPU, (0.0, 1.0), 4), StreamingBatches)
@@ -236,7 +236,7 @@ def test_forced_paths_ignore_the_limit(data_root):
 
 
 @pytest.mark.parametrize("root_exists", [True, False], ids=["empty-root", "no-root"])
-@pytest.mark.parametrize("kind", DATASET_KINDS)
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_missing_dataset_is_one_sentence_naming_the_files(kind, root_exists, tmp_path):
     root = tmp_path / "data"
     if root_exists:
