@@ -1,0 +1,168 @@
+"""Sample-quality metrics that work offline: FID and KID in a small frozen net's embedding, and class balance.
+
+`SampleQuality` is built once from a `FeatureNet` (see `ganlab.features`) and the real reference images, the
+dataset's test split; the reference statistics are computed then and reused by every `compute(generated)`:
+
+- `fid`: Fréchet distance between Gaussians fitted to the real and generated embeddings (torchmetrics'
+  FrechetInceptionDistance with the net as its feature extractor). Only comparable between runs scored with the
+  same net, the same reference set and the same number of generated images: FID is biased upwards for small sets.
+- `kid_mean`, `kid_std`: kernel inception distance (squared MMD with a cubic polynomial kernel, unbiased), mean and
+  spread over random subsets; less biased than FID for small sets.
+- `coverage`: how many of the 10 classes hold at least 1% of the generated images (the net's argmax): mode collapse
+  shows as a low count.
+- `kl_uniform`: KL(p || uniform) of the histogram of predicted classes, 0 when balanced, log 10 = 2.30 for one class.
+- `confidence`: the mean max softmax probability: low when the images look like no class at all.
+
+Inception-V3 FID, the number papers report, is `inception_fid`; it needs torch-fidelity and its weights, and
+returns None (with one log line) where they cannot be had. `real_floor` gives the real-vs-real score.
+"""
+
+import importlib.util
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from ganlab.features import FeatureExtractor, FeatureNet, prepare_images
+
+log = logging.getLogger(__name__)
+
+COVERAGE_SHARE = 0.01  # a class counts as covered when it holds at least this share of the generated images
+# torch-fidelity's Inception-V3 weights, as torch.hub caches them (what FrechetInceptionDistance(feature=2048) loads)
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class SampleQuality:
+    """FID, KID and class-balance metrics of generated images against one fixed set of real images.
+
+    net: the frozen FeatureNet of the dataset (`ganlab.features.load_feature_net`); it is moved to the device of
+    `reference`. reference: the real images, uint8 (N, C, H, W), N >= 2, usually the dataset's test split.
+    batch_size: images per forward pass of the net. kid_subsets, kid_subset_size: KID averages the MMD over
+    `kid_subsets` random subsets of `kid_subset_size` images of each side (clamped to the smaller side's size).
+    seed: seeds KID's subset draws, in a forked RNG: the scores are repeatable and the caller's RNG is untouched.
+    """
+
+    def __init__(
+        self,
+        net: FeatureNet,
+        reference: Tensor,
+        batch_size: int = 500,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        seed: int = 0,
+    ):
+        _check_images(reference, "reference")
+        # FID keeps float64 sums, which Apple's MPS cannot hold: score there on the CPU
+        self.device = torch.device("cpu") if reference.device.type == "mps" else reference.device
+        self.net = net.to(self.device).eval().requires_grad_(False)
+        self.batch_size = batch_size
+        self.kid_subset_size = kid_subset_size
+        self.seed = seed
+        extractor = FeatureExtractor(self.net)
+        # reset_real_features=False: reset() clears only the generated side; the reference statistics stay
+        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(self.device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save all extracted features")
+            self.kid = KernelInceptionDistance(
+                feature=extractor, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False
+            ).to(self.device)
+        self.num_reference = len(reference)
+        with torch.no_grad():
+            for batch in reference.split(batch_size):
+                batch = batch.to(self.device)
+                self.fid.update(batch, real=True)
+                self.kid.update(batch, real=True)
+
+    @torch.no_grad()
+    def compute(self, generated: Tensor) -> dict[str, float]:
+        """The scores of `generated`, uint8 (N, C, H, W) with N >= 2, any size and channel count.
+
+        Returns fid, kid_mean, kid_std, coverage (an int), kl_uniform and confidence; see the module docstring.
+        """
+        _check_images(generated, "generated")
+        self.fid.reset()
+        self.kid.reset()
+        counts = torch.zeros(self.net.classifier.out_features, dtype=torch.long, device=self.device)
+        confidence = torch.zeros((), device=self.device)
+        for batch in generated.split(self.batch_size):
+            batch = batch.to(self.device)
+            self.fid.update(batch, real=False)
+            self.kid.update(batch, real=False)
+            probabilities = self.net(prepare_images(batch, self.net.input_shape)).softmax(dim=1)
+            top, predicted = probabilities.max(dim=1)
+            counts += torch.bincount(predicted, minlength=len(counts))
+            confidence += top.sum()
+        self.kid.subset_size = min(self.kid_subset_size, self.num_reference, len(generated))
+        with torch.random.fork_rng(devices=[]):  # KID draws its subsets with torch.randperm on the CPU generator
+            torch.manual_seed(self.seed)
+            kid_mean, kid_std = self.kid.compute()
+        share = counts.cpu().double() / len(generated)
+        return {
+            "fid": float(self.fid.compute()),
+            "kid_mean": float(kid_mean),
+            "kid_std": float(kid_std),
+            "coverage": int((share >= COVERAGE_SHARE).sum()),
+            "kl_uniform": kl_from_uniform(share),
+            "confidence": float(confidence) / len(generated),
+        }
+
+
+def _check_images(images: Tensor, name: str) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) < 2:
+        raise ValueError(
+            f"{name} images must be uint8 (N, 1 or 3, H, W) with N >= 2, got {images.dtype} {tuple(images.shape)}."
+        )
+
+
+def kl_from_uniform(share: Tensor) -> float:
+    """KL(p || uniform) in nats of a histogram p over K classes: 0 when flat, log K when all is in one class."""
+    share = share.double()
+    share = share / share.sum()
+    present = share[share > 0]
+    return max(0.0, float((present * present.log()).sum()) + math.log(len(share)))  # >= 0 but for rounding
+
+
+def real_floor(
+    net: FeatureNet, train_images: Tensor, test_images: Tensor, num_train: int = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """The scores of real data: `num_train` random train images (all, if fewer) scored against the test split.
+
+    This is the floor a generator is compared with: a perfect generator scores about this, not 0. Use the same
+    number of generated images (10,000) when comparing a run's FID with it, since FID grows as the set shrinks.
+    """
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
+    return SampleQuality(net, test_images, seed=seed).compute(train_images[order[:num_train]])
+
+
+def inception_fid(
+    real: Tensor, generated: Tensor, weights_path: Path | str | None = None, batch_size: int = 100
+) -> float | None:
+    """Standard Inception-V3 FID (torchmetrics, torch-fidelity's weights) of uint8 images, or None where impossible.
+
+    It needs the torch-fidelity package and its weights file: `weights_path`, or by default the copy torch.hub
+    caches (`<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth`). It never downloads, so it
+    cannot hang offline: without either it logs one line saying why and returns None. Gray images are repeated to
+    RGB; torchmetrics resizes to 299x299.
+    """
+    path = Path(weights_path or Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS)
+    if importlib.util.find_spec("torch_fidelity") is None:
+        log.warning("Inception FID skipped: the torch-fidelity package is not installed (pip install torch-fidelity).")
+        return None
+    if not path.is_file():
+        log.warning("Inception FID skipped: its weights are not at %s (download them there once, online).", path)
+        return None
+    try:
+        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path)).to(real.device)
+        with torch.no_grad():
+            for images, is_real in ((real, True), (generated, False)):
+                for batch in images.split(batch_size):
+                    metric.update(batch.to(real.device).expand(-1, 3, -1, -1), real=is_real)
+            return float(metric.compute())
+    except Exception as error:  # any failure of an optional extra must not stop a run
+        log.warning("Inception FID skipped: it failed with %s: %s", type(error).__name__, " ".join(str(error).split()))
+        return None
