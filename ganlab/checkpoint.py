@@ -5,8 +5,11 @@ import os
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from ganlab.device import rng_state, set_rng_state
 from ganlab.errors import CheckpointError
+from ganlab.step import GAN
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +60,35 @@ def load_checkpoint(run_dir: Path) -> dict:
                 f"both {path} and {previous} are unreadable: delete them to start over, "
                 f"or set hydra.run.dir to another folder."
             ) from None
+
+
+def training_state(step: int, seconds: float, gan: GAN, fixed_noise: torch.Tensor, cfg: DictConfig) -> dict:
+    """Everything `restore` needs to continue bit for bit: weights, optimisers, EMA, RNG states, config."""
+    return {
+        "step": step,
+        "seconds": seconds,
+        "model": gan.model.state_dict(),
+        "g_opt": gan.g_opt.state_dict(),
+        "d_opt": gan.d_opt.state_dict(),
+        "ema": gan.ema.state_dict() if gan.ema is not None else None,
+        "fixed_noise": fixed_noise.cpu(),
+        "rng": rng_state(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def restore(state: dict, gan: GAN, run_dir: Path) -> tuple[int, float, torch.Tensor]:
+    """Load `state` into `gan` and the RNGs; returns the step, the training seconds so far and the fixed noise."""
+    try:
+        gan.model.load_state_dict(state["model"])
+        gan.g_opt.load_state_dict(state["g_opt"])
+        gan.d_opt.load_state_dict(state["d_opt"])
+        if gan.ema is not None:
+            gan.ema.load_state_dict(state["ema"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} was written by a different model or optimiser config: resume "
+            f"with the run's own config ({run_dir / 'config.yaml'}) or set hydra.run.dir to a new folder."
+        ) from None
+    set_rng_state(state["rng"])
+    return state["step"], state["seconds"], state["fixed_noise"]

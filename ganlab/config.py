@@ -42,6 +42,13 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    enabled: bool = True  # score samples (FID/KID/coverage, or mode metrics for toy data); false = skip
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    num_samples: int = 10000  # samples per evaluation, per generator (raw and EMA)
+
+
+@dataclass
 class DeviceConfig:
     type: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda or mps
     precision: str = "fp32"  # fp32, or bf16 autocast
@@ -58,6 +65,7 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # seeds torch, numpy and python's random for the whole run
 
 
@@ -101,6 +109,8 @@ RULES = [
     ("log.every", _positive_int, "an integer >= 1"),
     ("log.sample_every", _non_negative_int, "an integer >= 0"),
     ("log.num_samples", _positive_int, "an integer >= 1"),
+    ("eval.every", _non_negative_int, "an integer >= 0"),
+    ("eval.num_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
     ("device.type", lambda v: v in DEVICE_TYPES, f"one of {list(DEVICE_TYPES)}"),
     ("device.precision", lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
     ("device.threads", lambda v: v is None or _positive_int(v), "null or an integer >= 1"),

@@ -10,6 +10,7 @@ tell the user when they are missing. `make_batches` then picks the data path:
 Both paths produce exactly what the torchvision transform Resize -> CenterCrop -> ToTensor -> Normalize gives.
 """
 
+import copy
 import logging
 import os
 import pickle
@@ -35,6 +36,7 @@ class ImageSource:
     download: let torchvision fetch the files if they are missing.
     in_memory: `auto` keeps the decoded uint8 images on the training device when they fit `memory_limit_mb`;
     true or false force the in-memory or the streaming path. workers: DataLoader workers of the streaming path.
+    feature_net: the shipped classifier (ganlab/feature_nets) that scores samples of this dataset; None = no FID.
     """
 
     name = "images"
@@ -48,6 +50,7 @@ class ImageSource:
         in_memory: str | bool = "auto",
         memory_limit_mb: float = 4096,
         workers: int = 2,
+        feature_net: str | None = None,
     ):
         if image_size < 1:
             raise ConfigError(f"dataset.image_size={image_size} must be >= 1.")
@@ -64,6 +67,8 @@ class ImageSource:
         self.in_memory = in_memory
         self.memory_limit_mb = memory_limit_mb
         self.workers = workers
+        self.feature_net = feature_net
+        self.train = True  # which split `open` reads; `test_split` makes the evaluation copy
 
     def open(self, transform) -> Dataset:
         """The torchvision dataset with `transform` applied to each PIL image."""
@@ -144,9 +149,44 @@ class ImageSource:
         log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
         return InMemoryBatches(images, device, value_range)
 
+    def test_split(self) -> "ImageSource | None":
+        """The same dataset's held-out split, which metrics compare samples with; None if it has none."""
+        test = copy.copy(self)
+        test.train = False
+        return test
+
+    def evaluator(self, device: torch.device, value_range: tuple[float, float]):
+        """Scores samples against the test split with this dataset's feature net, or None when it has none."""
+        test = self.test_split()
+        if self.feature_net is None or test is None:
+            log.info("no sample-quality metrics for dataset %s: it names no feature net or test split", self.name)
+            return None
+        from ganlab.features import load_feature_net
+        from ganlab.metrics import SampleQuality  # torchmetrics loads only when metrics are asked for
+
+        return ImageScores(
+            SampleQuality(load_feature_net(self.feature_net), test.decode_uint8().to(device)), value_range
+        )
+
     def picture(self, images: Tensor, value_range: tuple[float, float]) -> Tensor:
         """A (3, H, W) grid of `images` for TensorBoard and PNG files."""
         return make_grid(images.detach().float().cpu(), nrow=8, normalize=True, value_range=tuple(value_range))
+
+
+def to_uint8(samples: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Generator output in `value_range` -> uint8 images, the inverse of the data scaling (rounded, clamped)."""
+    low, high = value_range
+    return ((samples.float() - low) / (high - low) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageScores:
+    """Sample-quality metrics of generator output: FID, KID and the classifier metrics (ganlab.metrics)."""
+
+    def __init__(self, quality, value_range: tuple[float, float]):
+        self.quality, self.value_range = quality, value_range
+
+    def __call__(self, samples: Tensor) -> dict[str, float]:
+        return self.quality.compute(to_uint8(samples, self.value_range))
 
 
 # what torchvision and PIL raise for missing, truncated or corrupt files
@@ -158,12 +198,14 @@ def _rgb(image):
 
 
 class TorchvisionSource(ImageSource):
-    """A dataset class from `torchvision.datasets`, trained on its train split."""
+    """A dataset class from `torchvision.datasets`: trained on its train split, evaluated on its test split."""
 
     dataset_class: type
 
     def open(self, transform):
-        self._dataset = self.dataset_class(str(self.root), train=True, transform=transform, download=self.download)
+        self._dataset = self.dataset_class(
+            str(self.root), train=self.train, transform=transform, download=self.download
+        )
         return self._dataset
 
 
@@ -218,13 +260,22 @@ class ImageFolder(ImageSource):
 
     name = "folder"
 
-    def __init__(self, root: str, image_size: int = 64, channels: int = 3, **options):
+    def __init__(self, root: str, image_size: int = 64, channels: int = 3, test_root: str | None = None, **options):
         if options.get("download"):
             raise ConfigError("dataset.download=true is not possible for dataset=folder: the images must be on disk.")
         super().__init__(root, image_size, channels, **options)
+        self.test_root = test_root
 
     def open(self, transform):
         return torchvision.datasets.ImageFolder(str(self.root), transform=transform)
+
+    def test_split(self):
+        """The folder `test_root` names (same layout), or None."""
+        if self.test_root is None:
+            return None
+        test = copy.copy(self)
+        test.root = Path(os.path.expanduser(self.test_root)).absolute()
+        return test
 
     def expected_files(self):
         return [self.root / "<class>" / "<image>.png"]

@@ -58,6 +58,10 @@ class Mixture:
     def batches(self, device: torch.device, value_range: tuple[float, float], batch_size: int) -> "MixtureBatches":
         return MixtureBatches(self, device, value_range)
 
+    def evaluator(self, device: torch.device, value_range: tuple[float, float]):
+        """Scores samples with the mode metrics."""
+        return lambda samples: self.mode_metrics(samples, value_range)
+
     def picture(self, samples: Tensor, value_range: tuple[float, float], size: int = 256) -> Tensor:
         """A (3, size, size) scatter of `samples` (white) over the mixture's modes (red), for TensorBoard."""
         points = self.from_range(samples.detach().cpu(), value_range)

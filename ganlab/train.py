@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from ganlab import checkpoint as ckpt
 from ganlab.config import build, register_configs, validate
 from ganlab.data import make_batches
-from ganlab.device import resolve_device, rng_state, seed_everything, set_rng_state
+from ganlab.device import resolve_device, seed_everything
 from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
+from ganlab.evaluate import evaluate
 from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Throughput, all_finite, write_json
 from ganlab.step import build_gan, generators, sample_images, train_step
 
@@ -59,28 +60,16 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     seed_everything(cfg.seed)
 
     gan = build_gan(cfg, device)
-    model, g_opt, d_opt = gan.model, gan.g_opt, gan.d_opt
+    model = gan.model
     source = build(cfg.dataset, "dataset")
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size)
     fixed_noise = model.sample_noise(cfg.log.num_samples, device)
+    evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled else None
 
     start_step, seconds_before = 0, 0.0
     if cfg.train.resume and ckpt.has_checkpoint(run_dir):
-        state = ckpt.load_checkpoint(run_dir)
-        try:
-            model.load_state_dict(state["model"])
-            g_opt.load_state_dict(state["g_opt"])
-            d_opt.load_state_dict(state["d_opt"])
-            if gan.ema is not None:
-                gan.ema.load_state_dict(state["ema"])
-        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):
-            raise CheckpointError(
-                f"the checkpoint in {run_dir} was written by a different model or optimiser config: resume "
-                f"with the run's own config ({run_dir / 'config.yaml'}) or set hydra.run.dir to a new folder."
-            ) from None
-        fixed_noise = state["fixed_noise"].to(device)
-        set_rng_state(state["rng"])
-        start_step, seconds_before = state["step"], state["seconds"]
+        start_step, seconds_before, fixed_noise = ckpt.restore(ckpt.load_checkpoint(run_dir), gan, run_dir)
+        fixed_noise = fixed_noise.to(device)
         log.info("resuming %s from step %d", run_dir, start_step)
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -90,24 +79,11 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         real_grid = batches.next(cfg.log.num_samples)
         monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
 
-    def save(step: int) -> None:
-        state = {
-            "step": step,
-            "seconds": seconds_before + time.monotonic() - started,
-            "model": model.state_dict(),
-            "g_opt": g_opt.state_dict(),
-            "d_opt": d_opt.state_dict(),
-            "ema": gan.ema.state_dict() if gan.ema is not None else None,
-            "fixed_noise": fixed_noise.cpu(),
-            "rng": rng_state(),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        ckpt.save_checkpoint(run_dir, state)
-
     stats = RunningStats()
     speed = Throughput(start_step, cfg.train.batch_size * cfg.train.d_steps)
     progress = Progress(cfg.train.steps, start_step, enabled=cfg.log.progress)
-    last: dict[str, float] = {}
+    last: dict[str, float] = {}  # the latest scalar read
+    scores: dict[str, float] = {}  # the latest evaluation
     status, step = "completed", start_step
     started = time.monotonic()
     with StopSignals() as stop:
@@ -131,11 +107,15 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
                     picture = source.picture(sample_images(generator, fixed_noise), model.output_range)
                     png = f"{'ema' if suffix else 'step'}_{step:07d}.png"
                     monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, png)
+            if evaluator is not None and (final or (cfg.eval.every and step % cfg.eval.every == 0)):
+                scores = evaluate(gan, evaluator, cfg.eval.num_samples, cfg.seed)
+                monitor.scalars(scores, step)
             if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     status = "diverged"
                     break
-                save(step)
+                seconds = seconds_before + time.monotonic() - started
+                ckpt.save_checkpoint(run_dir, ckpt.training_state(step, seconds, gan, fixed_noise, cfg))
             if out_of_time or stop.requested:
                 status = "time_budget" if out_of_time else f"stopped by {stop.requested}"
                 break
@@ -145,11 +125,15 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         "status": status,
         "step": step,
         "seconds": round(seconds_before + time.monotonic() - started, 3),
-        "final": last,
+        "final": last | scores,
+        "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
     }
     if status != "diverged":
         hparams = hparam_values(cfg, choices)
-        monitor.hparams(hparams, {f"Final/{k}": v for k, v in last.items() if k.startswith(("Loss/", "D/"))}, step)
+        final_values = {
+            f"Final/{k}": v for k, v in (last | scores).items() if k.startswith(("Loss/", "D/", "Metrics/"))
+        }
+        monitor.hparams(hparams, final_values, step)
     monitor.close()
     write_json(run_dir / "metrics.json", summary)
     log.info("%s at step %d; outputs in %s", status, step, run_dir)

@@ -19,6 +19,7 @@ QUICK = [
     "model.hidden=8",
     "device=cpu",
     "device.threads=1",
+    "eval.num_samples=16",
 ]
 
 

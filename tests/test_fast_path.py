@@ -16,6 +16,7 @@ QUICK = [
     "log.num_samples=4",
     "train.checkpoint_every=0",
     "log.progress=false",
+    "eval.num_samples=16",
     "device=cpu",
     "device.threads=1",
 ]

@@ -32,6 +32,7 @@ QUICK = [
     "log.num_samples=4",
     "train.checkpoint_every=0",
     "log.progress=false",
+    "eval.num_samples=16",
     "device=cpu",
     "device.threads=1",  # tiny tensors: one thread avoids OpenMP overhead
 ]
@@ -275,6 +276,7 @@ RECIPES = {
         "train.d_lr": 2e-4,
         "train.d_betas": [0.5, 0.999],
     },
+    "best_mlp_mnist": {"model.hidden": 512, "model.depth": 2, "train.ema_decay": 0.999, "train.batch_size": 64},
     "ring8_mlp": {"dataset._target_": "ganlab.toy.Ring", "model.output": "tanh"},
     "grid25_mlp": {"dataset._target_": "ganlab.toy.Grid", "model.output": "tanh"},
     "wgan_gp_dcgan_mnist": {

@@ -8,12 +8,13 @@ from ganlab.errors import ConfigError
 from ganlab.models.base import GANModel, output_layer
 
 INITS = ("default", "xavier")
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
-def _mlp(sizes: list[int]) -> list[nn.Module]:
+def _mlp(sizes: list[int], activation: str) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return layers
 
@@ -26,9 +27,10 @@ def xavier_init(module: nn.Module) -> None:
 
 
 class MLP(GANModel):
-    """Fully connected generator and discriminator with `depth` hidden layers of `hidden` ReLU units each.
+    """Fully connected generator and discriminator with `depth` hidden layers of `hidden` units each.
 
     init: `default` (PyTorch's Linear init, as the f-GAN recipe) or `xavier` (the LSGAN recipe's xavier_init).
+    activation: the hidden layers' `relu` (the recipes) or `leaky_relu` (slope 0.2).
     """
 
     def __init__(
@@ -41,18 +43,21 @@ class MLP(GANModel):
         output: str = "sigmoid",
         noise: str = "normal",
         init: str = "default",
+        activation: str = "relu",
     ):
         super().__init__(z_dim, noise, output, channels, image_size)
         if hidden < 1 or depth < 1:
             raise ConfigError(f"model.hidden={hidden} and model.depth={depth} must both be >= 1.")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation={activation!r} is not allowed: use one of {sorted(ACTIVATIONS)}.")
         if init not in INITS:
             raise ConfigError(f"model.init={init!r} is not allowed: use one of {list(INITS)}.")
         pixels = channels * image_size * image_size
         self.generator = nn.Sequential(
-            *_mlp([z_dim] + [hidden] * depth + [pixels]),
+            *_mlp([z_dim] + [hidden] * depth + [pixels], activation),
             output_layer(output),
             nn.Unflatten(1, self.image_shape),
         )
-        self.discriminator = nn.Sequential(nn.Flatten(), *_mlp([pixels] + [hidden] * depth + [1]))
+        self.discriminator = nn.Sequential(nn.Flatten(), *_mlp([pixels] + [hidden] * depth + [1], activation))
         if init == "xavier":
             self.apply(xavier_init)

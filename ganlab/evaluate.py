@@ -1,0 +1,37 @@
+"""Evaluation during training: sample the generators (raw and EMA) and score the samples with the dataset's metrics.
+
+The dataset decides what its metrics are (`source.evaluator`): FID, KID and classifier metrics for images, mode
+metrics for the 2-D mixtures. Samples come from a fixed seed in a forked RNG, so every evaluation scores the same
+latent vectors and training draws the same random numbers whether or not it evaluates.
+"""
+
+import torch
+from torch import Tensor
+
+from ganlab.models.base import GANModel
+from ganlab.step import GAN, generators
+
+
+@torch.no_grad()
+def generate(generator: torch.nn.Module, model: GANModel, n: int, seed: int, batch_size: int = 1000) -> Tensor:
+    """n samples of `generator` in eval mode, from latent vectors seeded by `seed`, without touching training RNG."""
+    device = next(generator.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    was_training = generator.training
+    generator.eval()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        samples = torch.cat(
+            [generator(model.sample_noise(len(chunk), device)) for chunk in torch.arange(n).split(batch_size)]
+        )
+    generator.train(was_training)
+    return samples
+
+
+def evaluate(gan: GAN, evaluator, num_samples: int, seed: int) -> dict[str, float]:
+    """`Metrics/<name>` for the generator and `Metrics/<name>_ema` for its EMA."""
+    scores: dict[str, float] = {}
+    for suffix, generator in generators(gan):
+        for name, value in evaluator(generate(generator, gan.model, num_samples, seed)).items():
+            scores[f"Metrics/{name}{suffix}"] = float(value)
+    return scores
