@@ -3,7 +3,7 @@
     python scripts/loss_table.py --data-root ../shared/data --seconds 30 --seeds 0 1 2
 
 Each run is `experiment=<preset> loss=<loss> seed=<seed>` trained for `--seconds` of wall-clock time through
-ganlab's own `train`, then scored on 10,000 samples (`eval.num_samples`) against the MNIST test split. The loss
+ganlab's own `train`, then scored on `--eval-samples` samples against the MNIST test split. The loss
 options are read from conf/loss/, so a new loss joins the table by itself. Prints a Markdown table.
 """
 
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="training budget of each run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--losses", nargs="*", help="subset of conf/loss options (default: all)")
+    parser.add_argument("--eval-samples", type=int, default=10000, help="samples scored per run and generator")
     args = parser.parse_args()
     losses = args.losses or sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
 
@@ -40,7 +41,8 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             overrides = [f"experiment={args.preset}", f"loss={loss}", f"seed={seed}", f"dataset.root={args.data_root}",
-                         f"train.max_seconds={args.seconds}", "train.steps=10000000", "log.progress=false"]  # fmt: skip
+                         f"train.max_seconds={args.seconds}", "train.steps=10000000", "log.progress=false",
+                         f"eval.num_samples={args.eval_samples}"]  # fmt: skip
             with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
                 cfg = compose("config", overrides=overrides)
             summary = ganlab.train.train(cfg, tempfile.mkdtemp(prefix=f"{loss}-{seed}-"))
