@@ -39,7 +39,7 @@ from ganlab.device import resolve_device, seed_everything  # noqa: E402
 from ganlab.step import build_gan, train_step  # noqa: E402
 
 CASES = {
-    # name: (ganlab preset, reference class, what the reference feeds from)
+    # name: (ganlab preset, reference loop class)
     "lsgan": ("lsgan_mlp_mnist", reference_loops.LSGANReference),
     "fgan": ("fgan_mlp_mnist", reference_loops.FGANReference),
     "dcgan": ("dcgan_mnist", reference_loops.DCGANReference),
