@@ -21,7 +21,7 @@ from ganlab.config import build
 from ganlab.data import to_uint8
 from ganlab.device import resolve_device
 from ganlab.errors import CheckpointError, ConfigError, GanlabError
-from ganlab.evaluate import generate
+from ganlab.evaluate import evaluate, generate
 
 
 def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[str, dict[str, str]]:
@@ -108,11 +108,8 @@ def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) 
     evaluator = source.evaluator(device, model.output_range)
     if evaluator is None:
         return {}
-    scores: dict[str, float] = {}
-    for suffix, generator in [("", model.generator)] + ([("_ema", ema)] if ema is not None else []):
-        samples = generate(generator, model, int(options["n"]), int(options["seed"]))
-        scores |= {f"{name}{suffix}": float(value) for name, value in evaluator(samples).items()}
-    return scores
+    named_generators = [("", model.generator)] + ([("_ema", ema)] if ema is not None else [])
+    return evaluate(named_generators, model, evaluator, int(options["n"]), int(options["seed"]))
 
 
 def eval_command(arguments: list[str]) -> None:

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from ganlab.models.base import GANModel
-from ganlab.step import GAN, generators
 
 
 @torch.no_grad()
@@ -28,10 +27,10 @@ def generate(generator: torch.nn.Module, model: GANModel, n: int, seed: int, bat
     return samples
 
 
-def evaluate(gan: GAN, evaluator, num_samples: int, seed: int) -> dict[str, float]:
-    """`Metrics/<name>` for the generator and `Metrics/<name>_ema` for its EMA."""
+def evaluate(named_generators, model: GANModel, evaluator, num_samples: int, seed: int) -> dict[str, float]:
+    """`<name><suffix>` scores for each (suffix, generator): "" for G, "_ema" for its EMA (see `step.generators`)."""
     scores: dict[str, float] = {}
-    for suffix, generator in generators(gan):
-        for name, value in evaluator(generate(generator, gan.model, num_samples, seed)).items():
-            scores[f"Metrics/{name}{suffix}"] = float(value)
+    for suffix, generator in named_generators:
+        for name, value in evaluator(generate(generator, model, num_samples, seed)).items():
+            scores[f"{name}{suffix}"] = float(value)
     return scores

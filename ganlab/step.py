@@ -122,10 +122,9 @@ def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Te
 
     Returns the step's statistics as device tensors: reading them is left to the caller, so no step syncs.
     """
-    device = next(gan.model.parameters()).device
     for d_step in range(d_steps):
-        real = batches.next(batch_size)
-        z = gan.model.sample_noise(batch_size, device)
+        real = batches.next(batch_size)  # already on the training device
+        z = gan.model.sample_noise(batch_size, real.device)
         fake, d_stats = discriminator_step(gan, real, z, keep_graph=d_step == d_steps - 1)
     g_stats = generator_step(gan, fake)
     if gan.ema is not None:

@@ -108,7 +108,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
                     png = f"{'ema' if suffix else 'step'}_{step:07d}.png"
                     monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, png)
             if evaluator is not None and (final or (cfg.eval.every and step % cfg.eval.every == 0)):
-                scores = evaluate(gan, evaluator, cfg.eval.num_samples, cfg.seed)
+                named = evaluate(generators(gan), model, evaluator, cfg.eval.num_samples, cfg.seed)
+                scores = {f"Metrics/{name}": value for name, value in named.items()}
                 monitor.scalars(scores, step)
             if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
