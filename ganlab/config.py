@@ -30,7 +30,7 @@ class TrainConfig:
     d_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # discriminator Adam betas
     ema_decay: float = 0.0  # exponential moving average of G's weights, sampled beside G; 0 = off
     checkpoint_every: int = 1000  # steps between checkpoints; 0 = only at the end
-    resume: bool = False  # continue from the checkpoint in the run dir (start fresh if there is none)
+    resume: bool = True  # continue the run dir's checkpoint, skip a finished run; false = error if it has one
 
 
 @dataclass
@@ -46,6 +46,7 @@ class EvalConfig:
     enabled: bool = True  # score samples (FID/KID/coverage, or mode metrics for toy data); false = skip
     every: int = 0  # steps between evaluations; 0 = only at the end
     num_samples: int = 10000  # samples per evaluation, per generator (raw and EMA)
+    objective: str = "fid"  # final metric the job returns to a sweeper (optuna); diverged or failed jobs give +inf
 
 
 @dataclass

@@ -152,3 +152,16 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
+
+    def forward(self) -> None:
+        """Pass a caught signal on to the handler that was installed before, if it was a Python function.
+
+        A launcher may rely on its own handler: submitit's requeues a SLURM job that is timed out or preempted.
+        Call this once the checkpoint is written; with the default handler it does nothing, and the run returns.
+        """
+        if self.requested is None:
+            return
+        number = getattr(signal, self.requested)
+        previous = self._previous.get(number)
+        if callable(previous):
+            previous(number, None)

@@ -5,7 +5,9 @@ update; every `log.every` steps the scalars are read once, every `log.sample_eve
 every `train.checkpoint_every` a checkpoint. `main` only wraps `train` for the command line.
 """
 
+import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabErr
 from ganlab.evaluate import evaluate
 from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Throughput, all_finite, write_json
 from ganlab.step import build_gan, generators, sample_images, train_step
+from ganlab.sweep import parallel_jobs, register_resolvers, share_machine
 
 log = logging.getLogger("ganlab")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -42,20 +45,47 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
-def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
+def finished_summary(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The metrics.json summary of a run that has nothing left to do in `run_dir`, else None.
+
+    Done means diverged, completed all `train.steps`, or used all of `train.max_seconds`; a stopped, failed or
+    interrupted run (no metrics.json) still has work, and so does a finished one whose steps or budget were raised.
+    """
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    status, budget = summary.get("status"), cfg.train.max_seconds
+    if (
+        status == "diverged"
+        or (status == "completed" and summary.get("step", 0) >= cfg.train.steps)
+        or (status == "time_budget" and budget is not None and summary.get("seconds", 0) >= budget)
+    ):
+        return summary
+    return None
+
+
+def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, overrides: list[str] = ()) -> dict:
     """Train one GAN as `cfg` says, writing everything into `run_dir`; returns the summary written to metrics.json.
 
+    With `train.resume` (the default), a run dir that holds a checkpoint is continued from it, and one whose run
+    already finished is left as it is: its summary is returned, so re-running a sweep only does the missing work.
+
     choices: the config-group options of this run (model, loss, ...), used as hparam names; None derives them
-    from the `_target_` classes.
+    from the `_target_` classes. overrides: the command line's `key=value` overrides, added to the hparams.
     """
     validate(cfg)
     run_dir = Path(run_dir)
     check_writable(run_dir)
-    if ckpt.has_checkpoint(run_dir) and not cfg.train.resume:
+    if not cfg.train.resume and (ckpt.has_checkpoint(run_dir) or (run_dir / "metrics.json").exists()):
         raise CheckpointError(
-            f"run dir {run_dir} already holds a checkpoint: add train.resume=true to continue it, "
+            f"run dir {run_dir} already holds a run: drop train.resume=false to continue it, "
             f"or set hydra.run.dir to a new folder."
         )
+    done = finished_summary(run_dir, cfg) if cfg.train.resume else None
+    if done is not None:
+        log.info("%s already %s at step %s: skipped (delete it to train again)", run_dir, done["status"], done["step"])
+        return done
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
@@ -129,8 +159,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         "final": last | scores,
         "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
     }
-    if status != "diverged":
-        hparams = hparam_values(cfg, choices)
+    if status in ("completed", "time_budget"):  # a stopped run writes its hparams when it finishes
+        hparams = hparam_values(cfg, choices, overrides)
         final_values = {
             f"Final/{k}": v for k, v in (last | scores).items() if k.startswith(("Loss/", "D/", "Metrics/"))
         }
@@ -138,11 +168,15 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     monitor.close()
     write_json(run_dir / "metrics.json", summary)
     log.info("%s at step %d; outputs in %s", status, step, run_dir)
+    stop.forward()  # a launcher's own handler (submitit requeues the job) runs once the checkpoint is safe
     return summary
 
 
-def hparam_values(cfg: DictConfig, choices: dict | None) -> dict:
-    """The same hparam keys for every run, so a sweep's HPARAMS table lines up."""
+def hparam_values(cfg: DictConfig, choices: dict | None, overrides: list[str] = ()) -> dict:
+    """The same hparam keys for every run of a sweep, so its HPARAMS table lines up: fixed ones and the overridden.
+
+    Every job of a grid or Optuna sweep overrides the same keys, so adding them keeps the keys equal across jobs.
+    """
     if choices is None:
         choices = {
             group: cfg[group]["_target_"].rsplit(".", 1)[-1] for group in ("model", "loss", "regularizer", "dataset")
@@ -159,29 +193,70 @@ def hparam_values(cfg: DictConfig, choices: dict | None) -> dict:
             "dataset.image_size": cfg.dataset.image_size,
         }
     )
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        value = OmegaConf.select(cfg, key, default=None)
+        if key not in values and isinstance(value, (bool, int, float, str)):
+            values[key] = value
     return values
 
 
+def objective(summary: dict, name: str) -> float:
+    """The number a sweeper minimises: the final metric `name`, or +inf for a run that diverged or has none."""
+    value = summary.get("metrics", {}).get(name)
+    if summary.get("status") == "diverged" or not isinstance(value, (int, float)) or math.isnan(value):
+        return math.inf
+    return float(value)
+
+
 register_configs()
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Command-line wrapper: run `train`, and turn a user error into one sentence on stderr and a non-zero exit."""
+def main(cfg: DictConfig) -> float:
+    """Command-line wrapper: run `train`, and turn a user error into one sentence on stderr and a non-zero exit.
+
+    In a multirun a job never raises, so one bad job cannot stop the sweep: a user error or a crash is recorded as
+    status `failed` in its metrics.json (a crash's traceback goes to its train.log), and the job returns +inf.
+    Returns the final `eval.objective` metric, which the Optuna sweeper minimises.
+    """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    share_machine(cfg.device, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
     try:
-        summary = train(cfg, hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices))
+        summary = train(cfg, run_dir, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
         if summary["status"] == "diverged":
             raise DivergedError(
                 f"the losses became NaN or Inf at step {summary['step']}: the run stopped, kept its last good "
-                f"checkpoint and wrote metrics.json in {hydra_cfg.runtime.output_dir}; lower train.lr or change "
-                f"the loss."
+                f"checkpoint and wrote metrics.json in {run_dir}; lower train.lr or change the loss."
             )
+        return objective(summary, cfg.eval.objective)
     except GanlabError as error:
         print(f"ganlab: error: {error}", file=sys.stderr)
-        if not multirun:  # in a sweep, one bad job must not stop the others
+        if not multirun:
             sys.exit(error.exit_code)
+        if not isinstance(error, DivergedError):
+            record_failure(run_dir, str(error))
+    except Exception as error:
+        if not multirun:
+            raise
+        log.exception("job crashed")
+        print(
+            f"ganlab: error: job {run_dir.name} crashed ({type(error).__name__}: {error}); see its train.log.",
+            file=sys.stderr,
+        )
+        record_failure(run_dir, f"{type(error).__name__}: {error}")
+    return math.inf
+
+
+def record_failure(run_dir: Path, error: str) -> None:
+    """Mark a sweep job `failed` in its metrics.json (if its folder can be written), for the summary and report."""
+    try:
+        write_json(run_dir / "metrics.json", {"status": "failed", "error": error})
+    except OSError:
+        log.warning("could not record the failure in %s", run_dir)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def ganlab_scores(args, preset: str, extra: list[str]) -> dict:
     overrides = [f"experiment={preset}", f"dataset.root={args.data_root}", f"train.max_seconds={args.seconds}",
                  "train.steps=10000000", "log.progress=false", "eval.num_samples=10000"] + extra  # fmt: skip
     summary = ganlab.train.train(compose_run(overrides), tempfile.mkdtemp(prefix=f"{preset}-"))
+    if summary["status"].startswith("stopped"):  # train() turned SIGTERM into a clean stop: stop the script too
+        raise SystemExit(f"{summary['status']}: comparison not finished")
     return {"steps": summary["step"]} | summary["metrics"]
 
 

@@ -46,6 +46,8 @@ def main() -> None:
             with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
                 cfg = compose("config", overrides=overrides)
             summary = ganlab.train.train(cfg, tempfile.mkdtemp(prefix=f"{loss}-{seed}-"))
+            if summary["status"].startswith("stopped"):  # train() turned SIGTERM into a clean stop: stop the table too
+                raise SystemExit(f"{summary['status']}: table not finished")
             runs.append(summary["metrics"] | {"steps": summary["step"], "status": summary["status"]})
         finished = [r for r in runs if "fid" in r]
         if not finished:

@@ -188,8 +188,8 @@ def test_missing_dataset_names_the_files_and_the_key(tmp_path, data_root):
 def test_existing_run_is_never_overwritten(tmp_path, data_root):
     run(tmp_path, data_root, [])
     checkpoint = (tmp_path / "run" / CHECKPOINT).read_bytes()
-    with pytest.raises(CheckpointError, match=r"train\.resume=true"):
-        run(tmp_path, data_root, ["train.steps=4"])
+    with pytest.raises(CheckpointError, match=r"train\.resume=false"):
+        run(tmp_path, data_root, ["train.steps=4", "train.resume=false"])
     assert (tmp_path / "run" / CHECKPOINT).read_bytes() == checkpoint
 
 

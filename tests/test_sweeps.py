@@ -1,0 +1,296 @@
+"""Sweeps that survive: folders the same command finds again, auto-resume after SIGKILL, failed and diverged jobs
+that do not stop a sweep, and the joblib, submitit and Optuna plugins run for real in subprocesses."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import compose_config
+
+from ganlab.checkpoint import CHECKPOINT
+from ganlab.monitor import StopSignals
+from ganlab.sweep import command_overrides, folder_name
+from ganlab.train import hparam_values, objective, train
+
+REPO = Path(__file__).resolve().parents[1]
+# a toy run: fast, no files, and long enough (a few seconds) to be killed part-way
+TOY = ["dataset=ring8", "log.progress=false", "eval.enabled=false", "device=cpu", "device.threads=1", "log.every=50"]
+SLOW_TOY = TOY + ["train.steps=3000", "train.checkpoint_every=25", "log.sample_every=0"]
+
+
+def ganlab_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ganlab.train", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_train(*args: str, cwd: Path) -> subprocess.Popen:
+    """`ganlab-train` in its own process group, so a SIGKILL takes a multirun and all its workers down at once."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ganlab.train", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    try:
+        return torch.load(run_dir / CHECKPOINT, weights_only=False)["step"]
+    except Exception:  # not written yet, or being replaced this instant
+        return 0
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Model, both optimisers and the step of two runs' final checkpoints are bit-identical."""
+    left, right = (torch.load(d / CHECKPOINT, weights_only=False) for d in (a, b))
+    assert left["step"] == right["step"]
+    for name, tensor in left["model"].items():
+        assert torch.equal(tensor, right["model"][name]), name
+    for key in ("g_opt", "d_opt"):
+        for index, state in left[key]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(right[key]["state"][index][name])), key
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_folder_names_are_safe_and_deterministic():
+    assert folder_name("") == "default"
+    assert folder_name("dataset.test_root=/a/b,loss=lsgan") == "dataset.test_root=_a_b,loss=lsgan"
+    long = ",".join(f"model.hidden{i}={i}" for i in range(40))
+    assert len(folder_name(long)) <= 200 and folder_name(long) == folder_name(long)
+    assert folder_name(long) != folder_name(long + "1")
+
+
+def test_a_command_names_its_folder_by_its_overrides_in_any_order():
+    command = [
+        "-m",
+        "seed=0,1",
+        "loss=bce,lsgan",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "dataset.root=/data",
+        "train.resume=true",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+    ]
+    assert command_overrides(command) == [
+        "hydra.sweeper.n_trials=3",
+        "hydra/sweeper=optuna",
+        "loss=bce,lsgan",
+        "seed=0,1",
+    ]
+    assert command_overrides(["loss=bce", "seed=1"]) == command_overrides(["seed=1", "loss=bce"])
+
+
+def test_rerunning_a_finished_run_skips_it_and_changes_nothing(tmp_path):
+    cfg = compose_config(TOY + ["train.steps=40"])
+    first = train(cfg, tmp_path / "run")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    assert train(cfg, tmp_path / "run") == first
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    longer = train(compose_config(TOY + ["train.steps=60"]), tmp_path / "run")  # more steps: there is work left
+    assert (longer["status"], longer["step"]) == ("completed", 60)
+
+
+def test_the_same_command_continues_in_the_same_run_folder(tmp_path):
+    first = ganlab_train(*TOY, "train.steps=30", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert run_dir.name == "dataset=ring8,device.threads=1,device=cpu,eval.enabled=false,log.every=50,train.steps=30"
+    again = ganlab_train(*TOY, "train.steps=30", cwd=tmp_path)
+    assert again.returncode == 0 and "already completed at step 30: skipped" in again.stdout
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, trial):
+    args = [*SLOW_TOY, "loss=lsgan", "train.ema_decay=0.9", f"seed={trial}"]
+    train(compose_config(args), tmp_path / "straight")
+
+    run_dir = tmp_path / "killed"
+    process = start_train(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    kill_after = random.Random(trial).randint(100, 2500)  # a step after the first few checkpoints
+    wait_for(lambda: checkpoint_step(run_dir) >= kill_after or process.poll() is not None, "a checkpoint")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoint_step(run_dir)
+    assert 0 < killed_at < 3000, "the run finished before it was killed: make it longer"
+
+    resumed = ganlab_train(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    # the last checkpoint may have landed between the read above and the kill
+    assert f"from step {killed_at}\n" in resumed.stdout or f"from step {killed_at + 25}\n" in resumed.stdout
+    assert status(run_dir)["step"] == 3000
+    assert_same_weights(tmp_path / "straight", run_dir)
+
+
+def test_a_killed_multirun_rerun_does_only_the_missing_work(tmp_path):
+    args = ["-m", *SLOW_TOY, "loss=bce,lsgan,hinge"]
+    process = start_train(*args, cwd=tmp_path)
+    sweeps = tmp_path / "outputs" / "sweeps"
+    wait_for(lambda: sweeps.exists() and any(sweeps.iterdir()), "the sweep folder")
+    (sweep,) = sweeps.iterdir()
+    # Hydra names jobs by their overrides, bools as Python writes them (eval.enabled=False)
+    first, second, third = (
+        sweep / f"dataset=ring8,device.threads=1,device=cpu,eval.enabled=False,log.every=50,"
+        f"log.sample_every=0,loss={loss},train.checkpoint_every=25,train.steps=3000"
+        for loss in ("bce", "lsgan", "hinge")
+    )
+    wait_for(lambda: (first / "metrics.json").exists() and checkpoint_step(second) >= 500, "the second job")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (second / "metrics.json").exists() and not (third / "metrics.json").exists()
+    finished = (first / "metrics.json").stat().st_mtime_ns
+
+    rerun = ganlab_train(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (first / "metrics.json").stat().st_mtime_ns == finished  # skipped, untouched
+    assert "already completed at step 3000: skipped" in (first / "train.log").read_text()
+    assert "resuming" in (second / "train.log").read_text()
+    assert "resuming" not in (third / "train.log").read_text()
+    assert all(status(job)["status"] == "completed" for job in (first, second, third))
+    assert "3 jobs, 3 completed" in rerun.stderr + rerun.stdout
+
+    train(compose_config([*SLOW_TOY, "loss=lsgan"]), tmp_path / "straight")
+    assert_same_weights(tmp_path / "straight", second)
+
+
+def test_failed_and_diverged_jobs_do_not_stop_the_sweep_and_are_listed(tmp_path):
+    # batch_size=0 is a config error; lr=1e8 with the KL f-GAN overflows to inf within a few dozen steps
+    result = ganlab_train(
+        "-m",
+        *TOY,
+        "train.steps=200",
+        "loss=fgan-kl",
+        "model.output=tanh",
+        "train.lr=1e-3,1e8",
+        "train.batch_size=0,32",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = {p.name: status(p) for p in (tmp_path / "sweep").iterdir() if p.is_dir()}
+    statuses = sorted(job["status"] for job in jobs.values())
+    assert statuses == ["completed", "diverged", "failed", "failed"]
+    diverged = next(job for job in jobs.values() if job["status"] == "diverged")
+    assert 0 < diverged["step"] < 200
+    failed = next(job for job in jobs.values() if job["status"] == "failed")
+    assert "train.batch_size" in failed["error"]
+    output = result.stderr + result.stdout
+    assert "4 jobs" in output and "diverged: " in output and output.count("failed: ") == 2
+
+
+def test_stop_signals_hand_the_signal_on_to_a_launchers_handler():
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: calls.append(number))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            wait_for(lambda: stop.requested == "SIGUSR1", "the signal")
+            assert calls == []  # caught by ganlab first: the checkpoint comes before the launcher's requeue
+        stop.forward()
+        assert calls == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_objective_is_the_final_metric_or_infinity():
+    assert objective({"status": "completed", "metrics": {"fid": 12.5}}, "fid") == 12.5
+    assert objective({"status": "diverged", "step": 3}, "fid") == math.inf
+    assert objective({"status": "completed", "metrics": {"kid": 0.1}}, "fid") == math.inf
+
+
+def test_hparams_hold_the_overridden_keys():
+    cfg = compose_config(TOY + ["train.ema_decay=0.5", "model.hidden=32"])
+    values = hparam_values(cfg, None, ["train.ema_decay=0.5", "model.hidden=32", "dataset=ring8"])
+    assert values["train.ema_decay"] == 0.5 and values["model.hidden"] == 32 and values["dataset"] == "Ring"
+
+
+def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
+    result = ganlab_train(
+        "-m",
+        *TOY,
+        "train.steps=40",
+        "loss=bce,lsgan",
+        "device.threads=null",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [status(job)["status"] for job in jobs] == ["completed", "completed"]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(yaml.safe_load((job / "config.yaml").read_text())["device"]["threads"] == threads for job in jobs)
+
+
+def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
+    result = ganlab_train(
+        "-m",
+        *TOY,
+        "train.steps=40",
+        "loss=bce,lsgan",
+        "hydra/launcher=submitit_local",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [status(job)["status"] for job in jobs] == ["completed", "completed"]
+    submitted = [p for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.name.isdigit()]
+    assert len(submitted) == 2  # one submitit job (own process id) each
+
+
+def test_optuna_minimises_the_objective_over_real_runs(tmp_path):
+    result = ganlab_train(
+        "-m",
+        *TOY,
+        "train.steps=40",
+        "eval.enabled=true",
+        "eval.num_samples=64",
+        "eval.objective=high_quality",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.sampler.seed=0",
+        "train.lr=tag(log,interval(1e-4,1e-2))",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())["best_value"]
+    scores = [status(p)["metrics"]["high_quality"] for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+    assert len(scores) == 3 and best == pytest.approx(max(scores))
+
+
+def test_slurm_preset_requeues_on_time_out():
+    cfg = compose_config(["hydra/launcher=slurm"])  # composing does not submit anything
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        hydra_cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True).hydra
+    assert hydra_cfg.launcher._target_.endswith("SlurmLauncher")
+    assert hydra_cfg.launcher.max_num_timeout > 0 and hydra_cfg.launcher.signal_delay_s >= 60
+    assert cfg.train.resume  # a requeued job continues its checkpoint
