@@ -12,6 +12,7 @@ Both paths produce exactly what the torchvision transform Resize -> CenterCrop -
 
 import copy
 import logging
+import multiprocessing
 import os
 import pickle
 from collections.abc import Iterator
@@ -121,7 +122,9 @@ class ImageSource:
         native = self.native_uint8()
         if native is not None and tuple(native.shape[1:]) == (self.channels, self.image_size, self.image_size):
             return native
-        loader = DataLoader(dataset, batch_size=512, num_workers=self.workers)
+        loader = DataLoader(
+            dataset, batch_size=512, num_workers=self.workers, multiprocessing_context=worker_context(self.workers)
+        )
         try:
             return torch.cat([images for images, _ in loader])
         except READ_ERRORS as error:
@@ -305,6 +308,17 @@ class InMemoryBatches:
         return self.scale(self.images.index_select(0, index))
 
 
+def worker_context(workers: int):
+    """The multiprocessing context of DataLoader workers: Python's default, except inside a joblib (loky) job.
+
+    loky makes its own context the default in the processes it starts, and DataLoader workers cannot start from it
+    (AttributeError: 'Process' object has no attribute 'env'); there they use the platform's standard context.
+    """
+    if workers == 0 or multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
+        return None
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
 class StreamingBatches:
     """The DataLoader path for datasets too big to hold: workers decode and transform every image, every epoch."""
 
@@ -318,6 +332,7 @@ class StreamingBatches:
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
+            multiprocessing_context=worker_context(workers),
         )
         self._iterator: Iterator = iter(())
         self._size = len(dataset)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import compose_config
+from conftest import compose_config, dataset_overrides
 
 from ganlab.checkpoint import CHECKPOINT
 from ganlab.monitor import StopSignals
@@ -227,12 +227,18 @@ def test_hparams_hold_the_overridden_keys():
     assert values["train.ema_decay"] == 0.5 and values["model.hidden"] == 32 and values["dataset"] == "Ring"
 
 
-def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
+def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path, data_root):
+    # both data paths with a DataLoader worker: the in-memory decode and the streaming loader start worker processes
+    # inside joblib's own worker processes
     result = ganlab_train(
         "-m",
         *TOY,
-        "train.steps=40",
-        "loss=bce,lsgan",
+        *dataset_overrides("mnist", data_root),
+        "train.steps=4",
+        "train.batch_size=8",
+        "model.hidden=8",
+        "dataset.workers=1",
+        "dataset.in_memory=true,false",
         "device.threads=null",
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
@@ -241,7 +247,7 @@ def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert [status(job)["status"] for job in jobs] == ["completed", "completed"]
+    assert [status(job)["status"] for job in jobs] == ["completed", "completed"], [status(job) for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert all(yaml.safe_load((job / "config.yaml").read_text())["device"]["threads"] == threads for job in jobs)
 
