@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -316,7 +317,7 @@ def worker_context(workers: int):
     """
     if workers == 0 or multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
         return None
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")  # fork is unsafe on macOS
 
 
 class StreamingBatches:

@@ -128,9 +128,12 @@ class Progress:
 
 
 class StopSignals:
-    """While active, SIGTERM and SIGUSR1 ask the loop to checkpoint and return instead of killing the process."""
+    """While active, SIGTERM, SIGUSR1 and SIGUSR2 ask the loop to checkpoint and return instead of killing the process.
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGUSR2 is the signal submitit has SLURM send `signal_delay_s` before a job's time limit.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
     def __init__(self):
         self.requested: str | None = None

@@ -179,6 +179,8 @@ def group_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
 def group_table(jobs: list[Job], metric: str | None) -> Table:
     """One row per group (setting of the swept overrides but seed): job counts, and mean ± std over its seeds.
 
+    Metrics and throughput are averaged over the finished jobs (completed or time_budget) only.
+
     Rows are sorted by the mean of `metric`, lowest first; groups without that metric come last.
     """
     keys, names = group_keys(jobs), metric_names(jobs)
@@ -186,9 +188,10 @@ def group_table(jobs: list[Job], metric: str | None) -> Table:
     for name, members in group_jobs(jobs).items():
         row: dict[str, object] = {"group": name} | {key: members[0].overrides.get(key) for key in keys}
         row |= {"n": len(members), "completed": sum(job.status in DONE for job in members)}
-        row["steps"] = mean_std([job.steps for job in members])
-        row |= {name: mean_std([job.metrics.get(name) for job in members]) for name in names}
-        row["steps/s"] = mean_std([job.steps_per_second for job in members])
+        row["steps"] = mean_std([job.steps for job in members])  # how far each got, finished or not
+        done = [job for job in members if job.status in DONE]  # a stopped run's partial scores would mix in
+        row |= {name: mean_std([job.metrics.get(name) for job in done]) for name in names}
+        row["steps/s"] = mean_std([job.steps_per_second for job in done])
         rows.append(row)
     return sorted(rows, key=lambda row: math.inf if metric is None or row[metric][0] is None else row[metric][0])
 

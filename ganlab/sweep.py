@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("ganlab")
 
-# overrides that do not change what a run computes, so they do not name its folder (Hydra's exclude_keys match)
+# overrides that do not change what a run computes, so they do not name its folder
 UNNAMED_KEYS = ("dataset.root", "train.resume", "log.progress")
 MAX_NAME = 200  # characters of a folder name (most file systems allow 255); a longer one ends in a hash
 
@@ -32,38 +33,45 @@ def folder_name(overrides: str) -> str:
     return name
 
 
-def command_overrides(argv: list[str]) -> list[str]:
-    """The task overrides of a `ganlab-train` command line, sorted: what names its run or sweep folder.
+def named_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that name a run or sweep folder, sorted, so their order on the command line does not matter.
 
     Hydra's own settings (`hydra.*`, `hydra/launcher=...`) and the keys of UNNAMED_KEYS are left out, so the same
-    sweep continues in the same folder whichever launcher runs it; the sweeper and its parameters stay in.
+    sweep continues in the same folder whichever launcher runs it; the sweeper and its parameters stay in. For
+    `dataset=folder`, `dataset.root` is the dataset itself, so it names the folder too.
     """
-    overrides = []
-    for argument in argv:
-        if argument.startswith("-") or "=" not in argument:
-            continue  # flags such as -m, and the values of --config-name and the like
-        key = argument.split("=", 1)[0].lstrip("+~")
-        if (key.startswith("hydra") and not key.startswith(("hydra/sweeper", "hydra.sweeper"))) or key in UNNAMED_KEYS:
-            continue  # the sweeper and its search space define a sweep; where it runs and Hydra's output do not
-        overrides.append(argument)
-    return sorted(overrides)
+    items = [str(override) for override in overrides if "=" in str(override)]
+    key = {item: item.split("=", 1)[0].lstrip("+~") for item in items}
+    folder_dataset = any(key[item] == "dataset" and "folder" in item.split("=", 1)[1].split(",") for item in items)
+
+    def names_folder(item: str) -> bool:
+        if key[item].startswith("hydra"):  # where and how a sweep runs does not change what it computes
+            return key[item].startswith(("hydra/sweeper", "hydra.sweeper"))
+        return key[item] not in UNNAMED_KEYS or (key[item] == "dataset.root" and folder_dataset)
+
+    return sorted(item for item in items if names_folder(item))
 
 
 def command_folder() -> str:
-    """The folder name of the command this process was started with (see `command_overrides`)."""
-    return folder_name(",".join(command_overrides(sys.argv[1:])))
+    """The folder name of the command this process was started with: its overrides (flags such as -m left out)."""
+    return folder_name(",".join(named_overrides([a for a in sys.argv[1:] if not a.startswith("-")])))
+
+
+def job_folder(overrides) -> str:
+    """The folder name of one job of a sweep, from its overrides (`hydra.overrides.task`)."""
+    return folder_name(",".join(named_overrides(list(overrides))))
 
 
 def register_resolvers() -> None:
-    """`${ganlab_command:}` and `${ganlab_folder:<overrides>}`, used by conf/config.yaml to name run folders.
+    """`${ganlab_command:}` and `${ganlab_job:<overrides>}`, used by conf/config.yaml to name run folders.
 
     `ganlab_command` is cached: each job of a sweep re-resolves `hydra.sweep.dir`, and Hydra copies the sweep's
     resolver cache into every job's config, so the jobs (in joblib or submitit workers too) see the sweep's name.
     """
     if not OmegaConf.has_resolver("ganlab_command"):
         OmegaConf.register_new_resolver("ganlab_command", command_folder, use_cache=True)
-    if not OmegaConf.has_resolver("ganlab_folder"):
-        OmegaConf.register_new_resolver("ganlab_folder", folder_name)
+    if not OmegaConf.has_resolver("ganlab_job"):
+        OmegaConf.register_new_resolver("ganlab_job", job_folder)
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:

@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,7 @@ from ganlab.step import build_gan, generators, sample_images, train_step
 from ganlab.sweep import parallel_jobs, register_resolvers, share_machine
 
 log = logging.getLogger("ganlab")
+DONE = ("completed", "time_budget")  # the statuses of a run that trained as far as its config asked
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -65,7 +67,57 @@ def finished_summary(run_dir: Path, cfg: DictConfig) -> dict | None:
     return None
 
 
-def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, overrides: list[str] = ()) -> dict:
+# keys a continued run may change: how long it trains, how it logs and evaluates, where it runs and finds the data
+RESUMABLE_CHANGES = ("train.steps", "train.max_seconds", "train.resume", "train.checkpoint_every", "log.", "eval.",
+                     "device.", "dataset.root", "dataset.download", "dataset.workers", "dataset.in_memory",
+                     "dataset.memory_limit_mb")  # fmt: skip
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """A nested config as {"train.lr": 0.001, ...}."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to continue or skip a run whose saved config differs from `cfg` in what it trains.
+
+    Folders are named by the command line, so an edited preset or config file would otherwise find the old run.
+    """
+    try:
+        saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    except (OSError, ValueError, TypeError):
+        return  # no readable config: the checkpoint's own check (restore) still guards the weights
+    current = flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [
+        f"{key}: {saved.get(key)} -> {current.get(key)}"
+        for key in sorted(saved.keys() | current.keys())
+        if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"run dir {run_dir} holds a run with a different config ({'; '.join(changed[:3])}): set hydra.run.dir "
+            f"(hydra.sweep.dir for a sweep) to a new folder, or delete that one to start over."
+        )
+
+
+def log_samples(monitor: Monitor, source, gan, fixed_noise: torch.Tensor, step: int) -> None:
+    """The fixed-noise sample grids of G and of its EMA at `step`, to TensorBoard and samples/."""
+    for suffix, generator in generators(gan):
+        picture = source.picture(sample_images(generator, fixed_noise), gan.model.output_range)
+        monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, f"{'ema' if suffix else 'step'}_{step:07d}.png")
+
+
+def log_scores(monitor: Monitor, gan, evaluator, cfg: DictConfig, step: int) -> dict[str, float]:
+    """Evaluate G and its EMA at `step`, log the scores under Metrics/ and return them."""
+    named = evaluate(generators(gan), gan.model, evaluator, cfg.eval.num_samples, cfg.seed)
+    scores = {f"Metrics/{name}": value for name, value in named.items()}
+    monitor.scalars(scores, step)
+    return scores
+
+
+def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, overrides: Sequence[str] = ()) -> dict:
     """Train one GAN as `cfg` says, writing everything into `run_dir`; returns the summary written to metrics.json.
 
     With `train.resume` (the default), a run dir that holds a checkpoint is continued from it, and one whose run
@@ -82,6 +134,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
             f"run dir {run_dir} already holds a run: drop train.resume=false to continue it, "
             f"or set hydra.run.dir to a new folder."
         )
+    if ckpt.has_checkpoint(run_dir) or (run_dir / "metrics.json").exists():
+        check_same_run(run_dir, cfg)
     done = finished_summary(run_dir, cfg) if cfg.train.resume else None
     if done is not None:
         log.info("%s already %s at step %s: skipped (delete it to train again)", run_dir, done["status"], done["step"])
@@ -116,6 +170,9 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
     scores: dict[str, float] = {}  # the latest evaluation
     status, step = "completed", start_step
     started = time.monotonic()
+    if start_step >= cfg.train.steps:  # stopped or killed after its last checkpoint, before its summary
+        log_samples(monitor, source, gan, fixed_noise, step)
+        scores = log_scores(monitor, gan, evaluator, cfg, step) if evaluator is not None else {}
     with StopSignals() as stop:
         for step in range(start_step + 1, cfg.train.steps + 1):
             stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
@@ -123,8 +180,10 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
             out_of_time = cfg.train.max_seconds is not None and (
                 seconds_before + time.monotonic() - started >= cfg.train.max_seconds
             )
-            final = step == cfg.train.steps or out_of_time or stop.requested
-            if step % cfg.log.every == 0 or final:
+            final = step == cfg.train.steps or out_of_time
+            # asked to stop: checkpoint at once (a requeue notice leaves little time); evaluating waits for the end
+            stopping = stop.requested is not None and not final
+            if step % cfg.log.every == 0 or final or stopping:
                 values = stats.read()
                 if not all_finite(values):
                     status = "diverged"
@@ -133,21 +192,16 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
                 monitor.scalars(last, step)
                 progress.update(step, last)
             if final or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
-                for suffix, generator in generators(gan):
-                    picture = source.picture(sample_images(generator, fixed_noise), model.output_range)
-                    png = f"{'ema' if suffix else 'step'}_{step:07d}.png"
-                    monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, png)
+                log_samples(monitor, source, gan, fixed_noise, step)
             if evaluator is not None and (final or (cfg.eval.every and step % cfg.eval.every == 0)):
-                named = evaluate(generators(gan), model, evaluator, cfg.eval.num_samples, cfg.seed)
-                scores = {f"Metrics/{name}": value for name, value in named.items()}
-                monitor.scalars(scores, step)
-            if final or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                scores = log_scores(monitor, gan, evaluator, cfg, step)
+            if final or stopping or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     status = "diverged"
                     break
                 seconds = seconds_before + time.monotonic() - started
                 ckpt.save_checkpoint(run_dir, ckpt.training_state(step, seconds, gan, fixed_noise, cfg))
-            if out_of_time or stop.requested:
+            if out_of_time or stopping:
                 status = "time_budget" if out_of_time else f"stopped by {stop.requested}"
                 break
     progress.close()
@@ -172,7 +226,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
     return summary
 
 
-def hparam_values(cfg: DictConfig, choices: dict | None, overrides: list[str] = ()) -> dict:
+def hparam_values(cfg: DictConfig, choices: dict | None, overrides: Sequence[str] = ()) -> dict:
     """The same hparam keys for every run of a sweep, so its HPARAMS table lines up: fixed ones and the overridden.
 
     Every job of a grid or Optuna sweep overrides the same keys, so adding them keeps the keys equal across jobs.
@@ -196,15 +250,15 @@ def hparam_values(cfg: DictConfig, choices: dict | None, overrides: list[str] = 
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         value = OmegaConf.select(cfg, key, default=None)
-        if key not in values and isinstance(value, (bool, int, float, str)):
-            values[key] = value
+        if key not in values and (value is None or isinstance(value, (bool, int, float, str))):
+            values[key] = "null" if value is None else value  # TensorBoard takes no None: keep the key anyway
     return values
 
 
 def objective(summary: dict, name: str) -> float:
-    """The number a sweeper minimises: the final metric `name`, or +inf for a run that diverged or has none."""
+    """The number a sweeper minimises: the final metric `name`, or +inf for a run that did not finish or has none."""
     value = summary.get("metrics", {}).get(name)
-    if summary.get("status") == "diverged" or not isinstance(value, (int, float)) or math.isnan(value):
+    if summary.get("status") not in DONE or not isinstance(value, (int, float)) or math.isnan(value):
         return math.inf
     return float(value)
 
@@ -232,6 +286,11 @@ def main(cfg: DictConfig) -> float:
                 f"the losses became NaN or Inf at step {summary['step']}: the run stopped, kept its last good "
                 f"checkpoint and wrote metrics.json in {run_dir}; lower train.lr or change the loss."
             )
+        if summary["status"].startswith("stopped"):  # SIGTERM ends the sweep too; the same command continues it
+            sys.exit(0)
+        if cfg.eval.enabled and cfg.eval.objective not in summary["metrics"]:
+            log.warning("eval.objective=%s is not a metric of this run: use one of %s", cfg.eval.objective,
+                        sorted(summary["metrics"]))  # fmt: skip
         return objective(summary, cfg.eval.objective)
     except GanlabError as error:
         print(f"ganlab: error: {error}", file=sys.stderr)
@@ -252,7 +311,15 @@ def main(cfg: DictConfig) -> float:
 
 
 def record_failure(run_dir: Path, error: str) -> None:
-    """Mark a sweep job `failed` in its metrics.json (if its folder can be written), for the summary and report."""
+    """Mark a sweep job `failed` in its metrics.json (if its folder can be written), for the summary and report.
+
+    A finished run's summary is never replaced: the error (e.g. a changed config) is about this attempt, not it.
+    """
+    try:
+        if json.loads((run_dir / "metrics.json").read_text()).get("status") in DONE + ("diverged",):
+            return
+    except (OSError, ValueError):
+        pass
     try:
         write_json(run_dir / "metrics.json", {"status": "failed", "error": error})
     except OSError:
