@@ -1,6 +1,7 @@
 """Every loss on the same CPU budget, several seeds each: FID and class coverage as mean +- std.
 
     python scripts/loss_table.py --data-root ../shared/data --seconds 30 --seeds 0 1 2
+    python scripts/loss_table.py --data-root ../shared/data --seconds 12 --set model.hidden=512 train.ema_decay=0.999
 
 Each run is `experiment=<preset> loss=<loss> seed=<seed>` trained for `--seconds` of wall-clock time through
 ganlab's own `train`, then scored on `--eval-samples` samples against the MNIST test split. The loss
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--losses", nargs="*", help="subset of conf/loss options (default: all)")
     parser.add_argument("--eval-samples", type=int, default=10000, help="samples scored per run and generator")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides for every run")
     args = parser.parse_args()
     losses = args.losses or sorted(p.stem for p in (REPO / "conf" / "loss").glob("*.yaml"))
 
@@ -42,7 +44,7 @@ def main() -> None:
         for seed in args.seeds:
             overrides = [f"experiment={args.preset}", f"loss={loss}", f"seed={seed}", f"dataset.root={args.data_root}",
                          f"train.max_seconds={args.seconds}", "train.steps=10000000", "log.progress=false",
-                         f"eval.num_samples={args.eval_samples}"]  # fmt: skip
+                         f"eval.num_samples={args.eval_samples}", *args.set]  # fmt: skip
             with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
                 cfg = compose("config", overrides=overrides)
             summary = ganlab.train.train(cfg, tempfile.mkdtemp(prefix=f"{loss}-{seed}-"))
