@@ -129,17 +129,19 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
     validate(cfg)
     run_dir = Path(run_dir)
     check_writable(run_dir)
-    if not cfg.train.resume and (ckpt.has_checkpoint(run_dir) or (run_dir / "metrics.json").exists()):
-        raise CheckpointError(
-            f"run dir {run_dir} already holds a run: drop train.resume=false to continue it, "
-            f"or set hydra.run.dir to a new folder."
-        )
     if ckpt.has_checkpoint(run_dir) or (run_dir / "metrics.json").exists():
+        if not cfg.train.resume:
+            raise CheckpointError(
+                f"run dir {run_dir} already holds a run: drop train.resume=false to continue it, "
+                f"or set hydra.run.dir to a new folder."
+            )
         check_same_run(run_dir, cfg)
-    done = finished_summary(run_dir, cfg) if cfg.train.resume else None
-    if done is not None:
-        log.info("%s already %s at step %s: skipped (delete it to train again)", run_dir, done["status"], done["step"])
-        return done
+        done = finished_summary(run_dir, cfg)
+        if done is not None:
+            log.info(
+                "%s already %s at step %s: skipped (delete it to train again)", run_dir, done["status"], done["step"]
+            )
+            return done
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
@@ -151,7 +153,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
     evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled else None
 
     start_step, seconds_before = 0, 0.0
-    if cfg.train.resume and ckpt.has_checkpoint(run_dir):
+    if ckpt.has_checkpoint(run_dir):  # train.resume is true here: a false one raised above
         start_step, seconds_before, fixed_noise = ckpt.restore(ckpt.load_checkpoint(run_dir), gan, run_dir)
         fixed_noise = fixed_noise.to(device)
         log.info("resuming %s from step %d", run_dir, start_step)
