@@ -54,11 +54,11 @@ def named_overrides(overrides: Sequence[str]) -> list[str]:
 
 def command_folder() -> str:
     """The folder name of the command this process was started with: its overrides (flags such as -m left out)."""
-    return folder_name(",".join(named_overrides([a for a in sys.argv[1:] if not a.startswith("-")])))
+    return job_folder([argument for argument in sys.argv[1:] if not argument.startswith("-")])
 
 
 def job_folder(overrides) -> str:
-    """The folder name of one job of a sweep, from its overrides (`hydra.overrides.task`)."""
+    """The folder name of one job of a sweep, from its overrides (`hydra.overrides.task`), or of a command line."""
     return folder_name(",".join(named_overrides(list(overrides))))
 
 
@@ -102,7 +102,7 @@ class SweepSummary(Callback):
     """Hydra callback: when a multirun ends, log how many jobs completed and list the ones that diverged or failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from ganlab.report import load_jobs  # the report's reading of a sweep dir, partial sweeps included
+        from ganlab.report import DONE, load_jobs  # the report's reading of a sweep dir, partial sweeps included
 
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = load_jobs(sweep_dir, curves=False)
@@ -111,6 +111,6 @@ class SweepSummary(Callback):
         for job in jobs:
             if job.status == "diverged":
                 log.warning("diverged: %s (at step %s)", job.name, job.steps)
-            elif job.status not in ("completed", "time_budget"):
+            elif job.status not in DONE:
                 log.warning("%s: %s%s", job.status, job.name, f" ({job.error})" if job.error else "")
         log.info("table and figure: ganlab-report %s", sweep_dir)

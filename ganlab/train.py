@@ -26,11 +26,11 @@ from ganlab.device import resolve_device, seed_everything
 from ganlab.errors import CheckpointError, ConfigError, DivergedError, GanlabError
 from ganlab.evaluate import evaluate
 from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Throughput, all_finite, write_json
+from ganlab.report import DONE
 from ganlab.step import build_gan, generators, sample_images, train_step
 from ganlab.sweep import parallel_jobs, register_resolvers, share_machine
 
 log = logging.getLogger("ganlab")
-DONE = ("completed", "time_budget")  # the statuses of a run that trained as far as its config asked
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -47,15 +47,22 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's metrics.json, or None if it has none (or only a damaged one)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def finished_summary(run_dir: Path, cfg: DictConfig) -> dict | None:
     """The metrics.json summary of a run that has nothing left to do in `run_dir`, else None.
 
     Done means diverged, completed all `train.steps`, or used all of `train.max_seconds`; a stopped, failed or
     interrupted run (no metrics.json) still has work, and so does a finished one whose steps or budget were raised.
     """
-    try:
-        summary = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+    summary = read_summary(run_dir)
+    if summary is None:
         return None
     status, budget = summary.get("status"), cfg.train.max_seconds
     if (
@@ -215,7 +222,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None, ove
         "final": last | scores,
         "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
     }
-    if status in ("completed", "time_budget"):  # a stopped run writes its hparams when it finishes
+    if status in DONE:  # a stopped run writes its hparams when it finishes
         hparams = hparam_values(cfg, choices, overrides)
         final_values = {
             f"Final/{k}": v for k, v in (last | scores).items() if k.startswith(("Loss/", "D/", "Metrics/"))
@@ -317,11 +324,8 @@ def record_failure(run_dir: Path, error: str) -> None:
 
     A finished run's summary is never replaced: the error (e.g. a changed config) is about this attempt, not it.
     """
-    try:
-        if json.loads((run_dir / "metrics.json").read_text()).get("status") in DONE + ("diverged",):
-            return
-    except (OSError, ValueError):
-        pass
+    if (read_summary(run_dir) or {}).get("status") in DONE + ("diverged",):
+        return
     try:
         write_json(run_dir / "metrics.json", {"status": "failed", "error": error})
     except OSError:
