@@ -109,24 +109,20 @@ def prepare_images(images: Tensor, input_shape: tuple[int, int, int]) -> Tensor:
     return x
 
 
-class FeatureExtractor(nn.Module):
-    """uint8 images of any size -> a FeatureNet's embedding: the `feature` module torchmetrics' FID and KID call.
+class Embeddings(nn.Module):
+    """The `feature` module SampleQuality gives torchmetrics' FID and KID: it passes through embeddings made already.
 
-    It stays in eval mode whatever its parents do, so BatchNorm always uses the frozen statistics.
+    SampleQuality runs the FeatureNet once per batch and hands the same embedding to FID, KID and the class counts,
+    instead of letting each metric run the net again.
     """
 
-    def __init__(self, net: FeatureNet):
+    def __init__(self, num_features: int):
         super().__init__()
-        self.net = net.eval().requires_grad_(False)
-        self.num_features = net.num_features
+        self.num_features = num_features  # torchmetrics reads the embedding size from here
 
-    def train(self, mode: bool = True) -> "FeatureExtractor":
-        """Eval mode, always: `mode` is ignored."""
-        return super().train(False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """The embedding (N, num_features) of uint8 images (N, 1 or 3, H, W)."""
-        return self.net.features(prepare_images(images, self.net.input_shape))
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """`embeddings` (N, num_features), unchanged."""
+        return embeddings
 
 
 def read_manifest(directory: Path | str | None = None) -> dict:

@@ -4,7 +4,7 @@
 dataset's test split; the reference statistics are computed then and reused by every `compute(generated)`:
 
 - `fid`: Fréchet distance between Gaussians fitted to the real and generated embeddings (torchmetrics'
-  FrechetInceptionDistance with the net as its feature extractor). Only comparable between runs scored with the
+  FrechetInceptionDistance, fed the net's embeddings). Only comparable between runs scored with the
   same net, the same reference set and the same number of generated images: FID is biased upwards for small sets.
 - `kid_mean`, `kid_std`: kernel inception distance (squared MMD with a cubic polynomial kernel, unbiased), mean and
   spread over random subsets; less biased than FID for small sets.
@@ -28,7 +28,7 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ganlab.features import FeatureExtractor, FeatureNet, prepare_images
+from ganlab.features import Embeddings, FeatureNet, prepare_images
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class SampleQuality:
         self.batch_size = batch_size
         self.kid_subset_size = kid_subset_size
         self.seed = seed
-        extractor = FeatureExtractor(self.net)
+        extractor = Embeddings(self.net.num_features)  # the net runs once per batch, in embed(); see update()
         # reset_real_features=False: reset() clears only the generated side; the reference statistics stay
         self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(self.device)
         with warnings.catch_warnings():
@@ -74,9 +74,16 @@ class SampleQuality:
         self.num_reference = len(reference)
         with torch.no_grad():
             for batch in reference.split(batch_size):
-                batch = batch.to(self.device)
-                self.fid.update(batch, real=True)
-                self.kid.update(batch, real=True)
+                self.update(self.embed(batch.to(self.device)), real=True)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The net's embedding (N, num_features) of uint8 images (N, 1 or 3, H, W), in eval mode."""
+        return self.net.features(prepare_images(images, self.net.input_shape))
+
+    def update(self, embeddings: Tensor, real: bool) -> None:
+        """Add one batch of embeddings to FID and KID, on the real or the generated side."""
+        self.fid.update(embeddings, real=real)
+        self.kid.update(embeddings, real=real)
 
     @torch.no_grad()
     def compute(self, generated: Tensor) -> dict[str, float]:
@@ -90,10 +97,9 @@ class SampleQuality:
         counts = torch.zeros(self.net.classifier.out_features, dtype=torch.long, device=self.device)
         confidence = torch.zeros((), device=self.device)
         for batch in generated.split(self.batch_size):
-            batch = batch.to(self.device)
-            self.fid.update(batch, real=False)
-            self.kid.update(batch, real=False)
-            probabilities = self.net(prepare_images(batch, self.net.input_shape)).softmax(dim=1)
+            embeddings = self.embed(batch.to(self.device))
+            self.update(embeddings, real=False)
+            probabilities = self.net.classifier(embeddings).softmax(dim=1)
             top, predicted = probabilities.max(dim=1)
             counts += torch.bincount(predicted, minlength=len(counts))
             confidence += top.sum()

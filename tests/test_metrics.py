@@ -22,7 +22,6 @@ from ganlab.features import (
     ARCHITECTURE_VERSION,
     FEATURE_NETS_DIR,
     MANIFEST,
-    FeatureExtractor,
     load_feature_net,
     prepare_images,
     sha256_of,
@@ -191,9 +190,18 @@ def test_prepare_images_converts_size_and_channels():
         prepare_images(gray.float(), (1, 28, 28))
 
 
-def test_feature_extractor_stays_in_eval_mode(mnist_net):
-    extractor = FeatureExtractor(mnist_net).train()
-    assert not extractor.training and not mnist_net.training
+def test_the_feature_net_runs_once_per_batch_in_eval_mode(mnist_net):
+    """FID, KID and the class counts share one embedding: the net's body runs once per batch, not three times."""
+    quality = SampleQuality(mnist_net, digit_like_shapes(60, seed=3), batch_size=20, **FAST)
+    quality.fid.train()  # what a parent module's train() would do: the net must not follow
+    quality.kid.train()
+    calls = []
+    hook = mnist_net.body.register_forward_hook(lambda module, args, output: calls.append(module.training))
+    try:
+        quality.compute(digit_like_shapes(50, seed=4))
+    finally:
+        hook.remove()
+    assert calls == [False, False, False]  # 50 images in batches of 20
 
 
 # --- the scores ---
