@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ganlab import losses
 from ganlab.checkpoint import CHECKPOINT, PREVIOUS
+from ganlab.config import build
 from ganlab.errors import CheckpointError, ConfigError, DataError
 from ganlab.train import train
 
@@ -167,12 +168,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, 
         ("log.every=0", "log.every"),
         ("model.z_dim=0", "model.z_dim"),
         ("model.output=relu", "model.output"),
+        ("model.d_hidden=0", "model.d_hidden"),
+        ("model.d_dropout=1.0", "model.d_dropout"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(tmp_path, data_root, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(tmp_path, data_root, [override])
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_mlp_discriminator_has_its_own_width_and_dropout():
+    cfg = compose_config(["model=mlp", "model.hidden=32", "model.d_hidden=8", "model.d_dropout=0.5"])
+    model = build(cfg.model, "model", channels=1, image_size=28)
+
+    def widths(net: torch.nn.Module) -> list[int]:
+        return [m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+    assert widths(model.generator) == [32, 784] and widths(model.discriminator) == [8, 1]
+    dropouts = [m.p for m in model.discriminator.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.5] and not any(isinstance(m, torch.nn.Dropout) for m in model.generator.modules())
+    plain = build(compose_config(["model=mlp", "model.hidden=32"]).model, "model", channels=1, image_size=28)
+    assert widths(plain.discriminator) == [32, 1]  # d_hidden=null: D as wide as G
 
 
 def test_dcgan_rejects_an_image_size_it_cannot_make(tmp_path, data_root):

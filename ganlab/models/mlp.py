@@ -11,10 +11,11 @@ INITS = ("default", "xavier")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
-def _mlp(sizes: list[int], activation: str) -> list[nn.Module]:
+def _mlp(sizes: list[int], activation: str, dropout: float = 0.0) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
         layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+        layers += [nn.Dropout(dropout)] if dropout > 0 else []
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return layers
 
@@ -29,6 +30,8 @@ def xavier_init(module: nn.Module) -> None:
 class MLP(GANModel):
     """Fully connected generator and discriminator with `depth` hidden layers of `hidden` units each.
 
+    d_hidden: the discriminator's hidden units, when they differ from the generator's (None = `hidden`).
+    d_dropout: dropout after each of the discriminator's hidden layers (0 = none).
     init: `default` (PyTorch's Linear init, as the f-GAN recipe) or `xavier` (the LSGAN recipe's xavier_init).
     activation: the hidden layers' `relu` (the recipes) or `leaky_relu` (slope 0.2).
     """
@@ -44,10 +47,17 @@ class MLP(GANModel):
         noise: str = "normal",
         init: str = "default",
         activation: str = "relu",
+        d_hidden: int | None = None,
+        d_dropout: float = 0.0,
     ):
         super().__init__(z_dim, noise, output, channels, image_size)
-        if hidden < 1 or depth < 1:
-            raise ConfigError(f"model.hidden={hidden} and model.depth={depth} must both be >= 1.")
+        d_hidden = hidden if d_hidden is None else d_hidden
+        if min(hidden, d_hidden, depth) < 1:
+            raise ConfigError(
+                f"model.hidden={hidden}, model.d_hidden={d_hidden} and model.depth={depth} must all be >= 1."
+            )
+        if not 0.0 <= d_dropout < 1.0:
+            raise ConfigError(f"model.d_dropout={d_dropout} must be in [0, 1).")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={activation!r} is not allowed: use one of {sorted(ACTIVATIONS)}.")
         if init not in INITS:
@@ -58,6 +68,8 @@ class MLP(GANModel):
             output_layer(output),
             nn.Unflatten(1, self.image_shape),
         )
-        self.discriminator = nn.Sequential(nn.Flatten(), *_mlp([pixels] + [hidden] * depth + [1], activation))
+        self.discriminator = nn.Sequential(
+            nn.Flatten(), *_mlp([pixels] + [d_hidden] * depth + [1], activation, d_dropout)
+        )
         if init == "xavier":
             self.apply(xavier_init)
