@@ -293,7 +293,15 @@ RECIPES = {
         "train.d_lr": 2e-4,
         "train.d_betas": [0.5, 0.999],
     },
-    "best_mlp_mnist": {"model.hidden": 1024, "model.depth": 1, "train.ema_decay": 0.9995, "train.batch_size": 64},
+    "best_mlp_mnist": {
+        "model.hidden": 1536,
+        "model.d_hidden": 512,
+        "model.depth": 1,
+        "train.g_lr": 2e-3,
+        "train.d_lr": 1e-3,
+        "train.ema_decay": 0.9995,
+        "train.batch_size": 64,
+    },
     "ring8_mlp": {"dataset._target_": "ganlab.toy.Ring", "model.output": "tanh"},
     "grid25_mlp": {"dataset._target_": "ganlab.toy.Grid", "model.output": "tanh"},
     "wgan_gp_dcgan_mnist": {
