@@ -4,8 +4,8 @@
 dataset's test split; the reference statistics are computed then and reused by every `compute(generated)`:
 
 - `fid`: Fréchet distance between Gaussians fitted to the real and generated embeddings (torchmetrics'
-  FrechetInceptionDistance, fed the net's embeddings). Only comparable between runs scored with the
-  same net, the same reference set and the same number of generated images: FID is biased upwards for small sets.
+  FrechetInceptionDistance, fed the net's embeddings). Only comparable between runs scored with the same net, the
+  same reference set and the same number of generated images: FID is biased upwards for small sets.
 - `kid_mean`, `kid_std`: kernel inception distance (squared MMD with a cubic polynomial kernel, unbiased), mean and
   spread over random subsets; less biased than FID for small sets.
 - `coverage`: how many of the 10 classes hold at least 1% of the generated images (the net's argmax): mode collapse

@@ -11,7 +11,6 @@ reported per seed and for the means over seeds.
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from ganlab.config import build  # noqa: E402
 from ganlab.data import to_uint8  # noqa: E402
 from ganlab.features import load_feature_net  # noqa: E402
 from ganlab.metrics import SampleQuality  # noqa: E402
+from ganlab.report import mean_std  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,9 +118,9 @@ def main() -> None:
     means = {}
     for name in rounds[args.seeds[0]]:
         runs = [rounds[seed][name] for seed in args.seeds]
-        means[name] = statistics.mean(best_fid(r) for r in runs)
+        means[name] = mean_std([best_fid(r) for r in runs])[0]
         ema = spread([r["fid_ema"] for r in runs]) if "fid_ema" in runs[0] else "-"
-        steps = f"{statistics.mean(r['steps'] for r in runs):,.0f}"
+        steps = f"{mean_std([r['steps'] for r in runs])[0]:,.0f}"
         cells = [name, steps, spread([r["fid"] for r in runs]), ema, min(best_coverage(r) for r in runs)]
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
     print(f"\nbest_mlp_mnist / reference, mean FID: {means['best_mlp_mnist'] / means['LSGAN reference loop']:.3f} "
@@ -128,10 +128,8 @@ def main() -> None:
 
 
 def spread(values: list[float]) -> str:
-    """mean ± sample std, or the one value."""
-    if len(values) < 2:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    """mean ± sample std, as ganlab-report computes them."""
+    return "{:.2f} ± {:.2f}".format(*mean_std(values))
 
 
 if __name__ == "__main__":
