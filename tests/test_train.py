@@ -301,6 +301,7 @@ RECIPES = {
         "train.d_lr": 1e-3,
         "train.ema_decay": 0.9995,
         "train.batch_size": 64,
+        "eval.objective": "fid_ema",
     },
     "ring8_mlp": {"dataset._target_": "ganlab.toy.Ring", "model.output": "tanh"},
     "grid25_mlp": {"dataset._target_": "ganlab.toy.Grid", "model.output": "tanh"},
