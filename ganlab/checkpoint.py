@@ -1,7 +1,15 @@
-"""Checkpoints: everything needed to continue a run exactly, written atomically with the previous one kept."""
+"""Checkpoints: everything needed to continue a run exactly, written atomically with the previous one kept.
+
+A checkpoint holds only tensors, numbers, strings and plain containers (the config as YAML text, the RNG states as
+tensors), so it is read with `torch.load(weights_only=True)`: a run folder from someone else cannot run code when it
+is resumed, sampled or evaluated. Checkpoints of older ganlab versions pickled numpy arrays, which that loader
+refuses; scripts/convert_checkpoint.py rewrites them once, for files the user trusts.
+"""
 
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +23,31 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+FORMAT_VERSION = 2  # 1: before safe checkpoints (no "format_version" key, pickled numpy RNG state, config as a dict)
+CONVERTER = "scripts/convert_checkpoint.py"
+
+# what a format-1 checkpoint refers to beyond torch's own safe types: numpy's RNG state array (numpy 1 and 2 names)
+FORMAT_1_GLOBALS = {
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.dtypes.UInt32DType",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+}
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A file that is not a readable checkpoint (truncated, overwritten): the one kind that falls back to the previous.
+
+    A file refused as unsafe or written by an older ganlab is a CheckpointError but not this: using the previous
+    checkpoint instead would hide that someone put code in the run folder (and the previous file is no more
+    trustworthy), or would only meet the same old format again.
+    """
+
+
+class OlderCheckpoint(CheckpointError):
+    """A checkpoint in format 1, which scripts/convert_checkpoint.py rewrites; like an unsafe one, it does not fall
+    back to the previous checkpoint (which is as old)."""
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
@@ -27,13 +60,56 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     return path
 
 
-def _read(path: Path) -> dict:
+def unsafe_globals(path: Path) -> list[str] | None:
+    """The functions and classes the pickle in `path` would call that `weights_only` does not allow, found by reading
+    its opcodes without running them; None when `path` is not a torch zip file at all."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip written by torch.save, a damaged one (torch raises several kinds), or torch < 2.5
+        return None
+
+
+def _older(path: Path) -> OlderCheckpoint:
+    return OlderCheckpoint(
+        f"checkpoint {path} was written by an older ganlab, in a format that can run code when loaded: if you "
+        f"trust it, convert it once with `python {CONVERTER} {path.parent}` and run again."
+    )
+
+
+def _refusal(path: Path, error: Exception) -> CheckpointError:
+    """Why `weights_only` refused `path`: written by an older ganlab, holding code, or damaged."""
+    names = unsafe_globals(path)
+    if names is None:  # not a zip: only a legacy torch.save file can still name a global, in the refusal's text
+        names = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    if names and set(names) <= FORMAT_1_GLOBALS:
+        return _older(path)
+    if names:
+        return CheckpointError(
+            f"checkpoint {path} was refused and nothing in it was run: besides tensors it holds code "
+            f"({', '.join(names[:3])}), which a ganlab checkpoint never does; delete it, or set hydra.run.dir to "
+            f"another folder."
+        )
+    return DamagedCheckpoint(f"checkpoint {path} is unreadable ({type(error).__name__}).")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint in the file `path`, loaded with `weights_only=True`, so that nothing in it can run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refused something, or the bytes are not a pickle
+        raise _refusal(path, error) from None
     except Exception as error:  # torch raises many kinds for a damaged file
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(error).__name__}).") from None
+        raise DamagedCheckpoint(f"checkpoint {path} is unreadable ({type(error).__name__}).") from None
     if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a ganlab checkpoint.")
+        raise DamagedCheckpoint(f"checkpoint {path} is not a ganlab checkpoint.")
+    version = state.get("format_version", 1)  # format 1 had no version key
+    if version == 1:
+        raise _older(path)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version}, which this ganlab (format {FORMAT_VERSION}) cannot read: "
+            f"update ganlab, or set hydra.run.dir to another folder."
+        )
     return state
 
 
@@ -42,11 +118,14 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def load_checkpoint(run_dir: Path) -> dict:
-    """The newest readable checkpoint in `run_dir`; a corrupt one falls back to the previous with a warning."""
+    """The newest readable checkpoint in `run_dir`; a damaged one falls back to the previous with a warning.
+
+    Only a damaged file falls back (see `DamagedCheckpoint`); one refused as unsafe or old raises at once.
+    """
     path, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
     try:
-        return _read(path) if path.exists() else _read(previous)
-    except CheckpointError as error:
+        return read_checkpoint(path) if path.exists() else read_checkpoint(previous)
+    except DamagedCheckpoint as error:
         if not (path.exists() and previous.exists()):
             raise CheckpointError(
                 f"{error.args[0][:-1]} and there is no previous one: delete it to start over, "
@@ -54,17 +133,19 @@ def load_checkpoint(run_dir: Path) -> dict:
             ) from None
         log.warning("%s Falling back to %s.", error.args[0][:-1] + ";", previous.name)
         try:
-            return _read(previous)
-        except CheckpointError:
+            return read_checkpoint(previous)
+        except DamagedCheckpoint:
             raise CheckpointError(
                 f"both {path} and {previous} are unreadable: delete them to start over, "
                 f"or set hydra.run.dir to another folder."
             ) from None
 
 
-def training_state(step: int, seconds: float, gan: GAN, fixed_noise: torch.Tensor, cfg: DictConfig) -> dict:
-    """Everything `restore` needs to continue bit for bit: weights, optimisers, EMA, RNG states, config."""
+def training_state(step: int, seconds: float, gan: GAN, fixed_noise: torch.Tensor, cfg: DictConfig, batches) -> dict:
+    """Everything `restore` needs to continue bit for bit: weights, optimisers, EMA, RNG states, the data stream's
+    position, and the config (as YAML text, for people: runs compare configs with their config.yaml)."""
     return {
+        "format_version": FORMAT_VERSION,
         "step": step,
         "seconds": seconds,
         "model": gan.model.state_dict(),
@@ -73,12 +154,14 @@ def training_state(step: int, seconds: float, gan: GAN, fixed_noise: torch.Tenso
         "ema": gan.ema.state_dict() if gan.ema is not None else None,
         "fixed_noise": fixed_noise.cpu(),
         "rng": rng_state(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "batches": batches.state_dict(),
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
     }
 
 
-def restore(state: dict, gan: GAN, run_dir: Path) -> tuple[int, float, torch.Tensor]:
-    """Load `state` into `gan` and the RNGs; returns the step, the training seconds so far and the fixed noise."""
+def restore(state: dict, gan: GAN, run_dir: Path, batches) -> tuple[int, float, torch.Tensor]:
+    """Load `state` into `gan`, the RNGs and `batches`; returns the step, the training seconds so far and the fixed
+    noise."""
     try:
         gan.model.load_state_dict(state["model"])
         gan.g_opt.load_state_dict(state["g_opt"])
@@ -91,4 +174,5 @@ def restore(state: dict, gan: GAN, run_dir: Path) -> tuple[int, float, torch.Ten
             f"with the run's own config ({run_dir / 'config.yaml'}) or set hydra.run.dir to a new folder."
         ) from None
     set_rng_state(state["rng"])
+    batches.load_state_dict(state["batches"])
     return state["step"], state["seconds"], state["fixed_noise"]

@@ -11,18 +11,22 @@ Both paths produce exactly what the torchvision transform Resize -> CenterCrop -
 """
 
 import copy
+import itertools
 import logging
 import multiprocessing
 import os
 import pickle
+import re
 import sys
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 from torchvision.utils import make_grid
 
@@ -42,11 +46,12 @@ class ImageSource:
     """
 
     name = "images"
+    native_size = 64  # the training resolution when dataset.image_size is null and the model can build it
 
     def __init__(
         self,
         root: str,
-        image_size: int,
+        image_size: int | None,
         channels: int,
         download: bool = False,
         in_memory: str | bool = "auto",
@@ -54,6 +59,7 @@ class ImageSource:
         workers: int = 2,
         feature_net: str | None = None,
     ):
+        image_size = self.native_size if image_size is None else image_size
         if image_size < 1:
             raise ConfigError(f"dataset.image_size={image_size} must be >= 1.")
         if channels not in (1, 3):
@@ -95,8 +101,8 @@ class ImageSource:
         """The one sentence for a dataset that could not be downloaded, found, or read."""
         if self.download:
             return DataError(
-                f"dataset {self.name}: could not download it to {self.root} ({error}); check the network, "
-                f"or set dataset.root to a folder that already holds the files."
+                f"dataset {self.name}: could not download it to dataset.root={self.root} ({_short_reason(error)}); "
+                f"check the network, or set dataset.root to a folder that already holds the files."
             )
         missing = [str(p) for p in self.expected_files() if not p.exists()]
         if missing or not self.root.exists():
@@ -132,9 +138,12 @@ class ImageSource:
             raise self._data_error(error) from None
 
     def batches(
-        self, device: torch.device, value_range: tuple[float, float], batch_size: int
+        self, device: torch.device, value_range: tuple[float, float], batch_size: int, seed: int = 0
     ) -> "InMemoryBatches | StreamingBatches":
-        """Pick the data path: in memory when `in_memory` is true, or auto and the decoded size fits the limit."""
+        """Pick the data path: in memory when `in_memory` is true, or auto and the decoded size fits the limit.
+
+        seed: the run's seed, from which the streaming path draws the order of each epoch.
+        """
         dataset = self.checked_open(reference_transform(self, value_range))
         size_mb = len(dataset) * self.channels * self.image_size**2 / 2**20
         keep = self.in_memory is True or (self.in_memory == "auto" and size_mb <= self.memory_limit_mb)
@@ -148,7 +157,7 @@ class ImageSource:
                 "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
                 len(dataset), size_mb, self.workers,
             )  # fmt: skip
-            return StreamingBatches(dataset, device, batch_size, self.workers)
+            return StreamingBatches(dataset, device, batch_size, self.workers, seed)
         images = self.decode_uint8()
         log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
         return InMemoryBatches(images, device, value_range)
@@ -197,6 +206,19 @@ class ImageScores:
 READ_ERRORS = (RuntimeError, OSError, ValueError, AssertionError, TypeError, EOFError, pickle.UnpicklingError)
 
 
+def _short_reason(error: Exception) -> str:
+    """What went wrong with a download, in a few words: torchvision's MNIST lists every mirror it tried, over lines
+    of the form `Tried <mirror>, got:` / `<urlopen error [Errno -3] Temporary failure in name resolution>`."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    answers = [after for line, after in itertools.pairwise(lines) if line.endswith("got:")]
+    reason = (answers or lines or [type(error).__name__])[0]
+    return re.sub(r"^<urlopen error (.*)>$", r"\1", reason)
+
+
 def _rgb(image):
     return image.convert("RGB")
 
@@ -217,9 +239,10 @@ class MNIST(TorchvisionSource):
     """MNIST digits, 28x28 grayscale, from `<root>/MNIST/raw/` (the IDX files)."""
 
     name = "mnist"
+    native_size = 28
     dataset_class = torchvision.datasets.MNIST
 
-    def __init__(self, root: str, image_size: int = 28, channels: int = 1, **options):
+    def __init__(self, root: str, image_size: int | None = None, channels: int = 1, **options):
         super().__init__(root, image_size, channels, **options)
 
     def expected_files(self):
@@ -243,9 +266,10 @@ class CIFAR10(TorchvisionSource):
     """CIFAR-10, 32x32 RGB, from the python pickle batches in `<root>/cifar-10-batches-py/`."""
 
     name = "cifar10"
+    native_size = 32
     dataset_class = torchvision.datasets.CIFAR10
 
-    def __init__(self, root: str, image_size: int = 32, channels: int = 3, **options):
+    def __init__(self, root: str, image_size: int | None = None, channels: int = 3, **options):
         super().__init__(root, image_size, channels, **options)
 
     def expected_files(self):
@@ -264,7 +288,9 @@ class ImageFolder(ImageSource):
 
     name = "folder"
 
-    def __init__(self, root: str, image_size: int = 64, channels: int = 3, test_root: str | None = None, **options):
+    def __init__(
+        self, root: str, image_size: int | None = None, channels: int = 3, test_root: str | None = None, **options
+    ):
         if options.get("download"):
             raise ConfigError("dataset.download=true is not possible for dataset=folder: the images must be on disk.")
         super().__init__(root, image_size, channels, **options)
@@ -308,6 +334,13 @@ class InMemoryBatches:
         index = torch.randint(len(self), (batch_size,), device=self.device)
         return self.scale(self.images.index_select(0, index))
 
+    def state_dict(self) -> dict:
+        """Nothing: the draws come from the global torch RNG, which the checkpoint saves with the others."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (see `state_dict`)."""
+
 
 def worker_context(workers: int):
     """The multiprocessing context of DataLoader workers: Python's default, except inside a joblib (loky) job.
@@ -320,38 +353,77 @@ def worker_context(workers: int):
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")  # fork is unsafe on macOS
 
 
-class StreamingBatches:
-    """The DataLoader path for datasets too big to hold: workers decode and transform every image, every epoch."""
+def epoch_order(size: int, seed: int, epoch: int) -> Tensor:
+    """The streaming path's order of the images in epoch `epoch`: a permutation drawn from a generator of its own,
+    seeded by the run's seed and the epoch, so a resumed run draws it again without replaying the epochs before."""
+    epoch_seed = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0]
+    return torch.randperm(size, generator=torch.Generator().manual_seed(int(epoch_seed)))
 
-    def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, workers: int):
+
+class EpochOrder(Sampler[int]):
+    """The DataLoader's sampler: the indices of `epoch_order(epoch)` from position `start` on.
+
+    The loader reads `epoch` and `start` at each `iter()` (in the main process, also with persistent workers), so
+    setting them moves the stream.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self.epoch, self.start = 0, 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_order(self.size, self.seed, self.epoch)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return max(self.size - self.start, 0)
+
+
+class StreamingBatches:
+    """The DataLoader path for datasets too big to hold: workers decode and transform every image, every epoch.
+
+    The images form one stream, epoch after epoch, each in its own `epoch_order`: `next(n)` serves the next n of
+    it, across an epoch's end when it comes. `state_dict` is the position of the next image, so a resumed run
+    sees exactly the images the uninterrupted run would have seen.
+    """
+
+    def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, workers: int, seed: int):
         self.device = device
+        self.order = EpochOrder(len(dataset), seed)
         self.loader = DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
+            batch_size=batch_size,  # no drop_last: an epoch's short last batch joins the stream like the others
+            sampler=self.order,
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             multiprocessing_context=worker_context(workers),
+            # the loader draws its workers' seeds at every iter(); from the global RNG (its default) that would move
+            # the training noise at each epoch and after a resume. The transform draws no random numbers, so the
+            # workers' seeds themselves change nothing.
+            generator=torch.Generator(),
         )
-        self._iterator: Iterator = iter(())
         self._size = len(dataset)
-        self._leftover: Tensor | None = None
+        self.epoch, self.position = 0, 0  # the next image served: its epoch, and its place in that epoch's order
+        self._iterator: Iterator | None = None  # None: (re)start the loader where `order` points
+        self._leftover: Tensor | None = None  # loaded images not served yet, the stream's next ones
 
     def __len__(self) -> int:
         return self._size
 
     def _next_loader_batch(self) -> Tensor:
+        """The loader's next batch; at an epoch's end the loader starts the next epoch from its beginning."""
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
         try:
             images, _ = next(self._iterator)
         except StopIteration:
+            self.order.epoch, self.order.start = self.order.epoch + 1, 0
             self._iterator = iter(self.loader)
             images, _ = next(self._iterator)
         return images
 
     def next(self, batch_size: int) -> Tensor:
-        """`batch_size` images: usually one loader batch, pieced together from several when the size differs."""
+        """The stream's next `batch_size` images: usually one loader batch, pieced together from several otherwise."""
         parts, have = [], 0
         if self._leftover is not None:
             parts, have, self._leftover = [self._leftover], len(self._leftover), None
@@ -361,7 +433,22 @@ class StreamingBatches:
         images = parts[0] if len(parts) == 1 else torch.cat(parts)
         if have > batch_size:
             images, self._leftover = images[:batch_size], images[batch_size:]
+        self.epoch, self.position = divmod(self.epoch * self._size + self.position + batch_size, self._size)
         return images.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        """Where the stream is: the epoch of the next image, and how many of that epoch's images were served."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream where `state_dict` was taken: the loader restarts at that epoch and position.
+
+        An empty state comes from the in-memory path (a run may switch paths when it resumes, with
+        dataset.in_memory): it has no position, so the stream starts from its beginning.
+        """
+        self.epoch, self.position = (state["epoch"], state["position"]) if state else (0, 0)
+        self.order.epoch, self.order.start = self.epoch, self.position
+        self._iterator, self._leftover = None, None
 
 
 def reference_transform(source: ImageSource, value_range: tuple[float, float]) -> transforms.Compose:
@@ -372,6 +459,9 @@ def reference_transform(source: ImageSource, value_range: tuple[float, float]) -
     return transforms.Compose(steps)
 
 
-def make_batches(source, device: torch.device, value_range: tuple[float, float], batch_size: int):
-    """The batches of any dataset source (images or toy points), scaled to the generator's `value_range`."""
-    return source.batches(device, value_range, batch_size)
+def make_batches(source, device: torch.device, value_range: tuple[float, float], batch_size: int, seed: int = 0):
+    """The batches of any dataset source (images or toy points), scaled to the generator's `value_range`.
+
+    seed: the run's seed; the streaming path draws its epoch orders from it (the other paths use the global RNG).
+    """
+    return source.batches(device, value_range, batch_size, seed)

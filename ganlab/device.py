@@ -44,17 +44,43 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every random state the training loop draws from, for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    """Every random state the training loop draws from, for checkpoints.
+
+    Only tensors, numbers and strings, so a checkpoint loads with `torch.load(weights_only=True)`, which runs no code.
+    """
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return plain_rng_state(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+
+def plain_rng_state(python: tuple, numpy: tuple, cpu: torch.Tensor, cuda: list | None = None) -> dict:
+    """`rng_state`'s form of the states that `random.getstate()`, `np.random.get_state()` and torch return.
+
+    The converter of old checkpoints (scripts/convert_checkpoint.py) uses it on the states those checkpoints pickled.
+    """
+    version, internal, gauss_next = python
+    bit_generator, key, position, has_gauss, cached_gaussian = numpy
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(bit_generator),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),  # uint32 words; int64 holds them exactly
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": cpu,
+    }
+    if cuda is not None:
+        state["cuda"] = list(cuda)
     return state
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what `rng_state` saved."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    key = numpy["key"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["bit_generator"], key, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -55,7 +55,9 @@ class Mixture:
             x = x * 2 - 1
         return x * self.extent
 
-    def batches(self, device: torch.device, value_range: tuple[float, float], batch_size: int) -> "MixtureBatches":
+    def batches(
+        self, device: torch.device, value_range: tuple[float, float], batch_size: int, seed: int = 0
+    ) -> "MixtureBatches":
         return MixtureBatches(self, device, value_range)
 
     def evaluator(self, device: torch.device, value_range: tuple[float, float]):
@@ -125,3 +127,10 @@ class MixtureBatches:
 
     def next(self, batch_size: int) -> Tensor:
         return self.mixture.to_range(self.mixture.sample(batch_size, self.device), self.value_range)
+
+    def state_dict(self) -> dict:
+        """Nothing: the points come from the global torch RNG, which the checkpoint saves with the others."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (see `state_dict`)."""
