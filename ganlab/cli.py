@@ -1,9 +1,13 @@
-"""`ganlab-sample` and `ganlab-eval`: draw samples from a finished (or running) run, and score runs or sample files.
+"""`ganlab-sample` and `ganlab-eval`: draw samples from a run, score runs or anyone's images, and calibrate the scores.
 
     ganlab-sample <run_dir> n=10000 out=samples.npz weights=ema
-    ganlab-eval <run_dir | samples.npz> [n=10000] [dataset.root=../shared/data]
+    ganlab-eval <run_dir> [n=10000] [dataset.root=../shared/data]
+    ganlab-eval <samples.npz | .npy | .pt | image folder> [dataset=mnist] [dataset.root=...] [n=all]
+    ganlab-eval calibrate dataset=mnist [dataset.root=...] [n=5000]
 
-Arguments after the first are `key=value`, as on the `ganlab-train` command line.
+Arguments after the first are `key=value`, as on the `ganlab-train` command line. A file of images is scored
+against the test split of the dataset named by `dataset=` (conf/dataset/<name>.yaml), or of the dataset recorded
+in it by `ganlab-sample`; `ganlab.image_files` says which files, value ranges and layouts it reads.
 """
 
 import json
@@ -12,16 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 
 from ganlab.checkpoint import load_checkpoint
-from ganlab.config import build
-from ganlab.data import to_uint8
+from ganlab.config import CONF_DIR, build
+from ganlab.data import ImageSource, to_uint8
 from ganlab.device import resolve_device
-from ganlab.errors import CheckpointError, ConfigError, GanlabError
+from ganlab.errors import CheckpointError, ConfigError, DataError, GanlabError
 from ganlab.evaluate import evaluate, generate
+from ganlab.image_files import open_samples, to_uint8_images
 
 
 def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[str, dict[str, str]]:
@@ -84,23 +89,69 @@ def sample_command(arguments: list[str]) -> None:
     print(json.dumps({"out": str(out), "grid": str(out.with_suffix(".png")), "shape": list(shape), "weights": weights}))
 
 
-def scores_of_file(path: Path, overrides: list[str], device: torch.device) -> dict[str, float]:
-    """Metrics of a `ganlab-sample` file, against the dataset recorded in it (with `dataset.*` overrides)."""
-    with np.load(path) as data:
-        cfg = OmegaConf.merge(OmegaConf.create(json.loads(str(data["config"]))), OmegaConf.from_dotlist(overrides))
-        model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size)
-        source = build(cfg.dataset, "dataset")
-        evaluator = source.evaluator(device, model.output_range)
-        if "points" in data:
-            samples = source.to_range(torch.from_numpy(data["points"]), model.output_range)
-        else:
-            low, high = model.output_range
-            samples = torch.from_numpy(data["images"]).float() / 255 * (high - low) + low
-    return evaluator(samples.to(device)) if evaluator is not None else {}
+def dataset_config(name: str, overrides: list[str]) -> DictConfig:
+    """The dataset group option `name` (conf/dataset/<name>.yaml) with the `dataset.*` overrides applied."""
+    options = sorted(path.stem for path in (CONF_DIR / "dataset").glob("*.yaml"))
+    if name not in options:
+        raise ConfigError(f"dataset={name} is not a dataset of ganlab: use one of {options}.")
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml"), dotlist_without_prefix(overrides))
+
+
+def dotlist_without_prefix(overrides: list[str]) -> DictConfig:
+    """`dataset.root=x` overrides as the config {root: x} of the dataset itself."""
+    return OmegaConf.from_dotlist([override.removeprefix("dataset.") for override in overrides])
+
+
+def image_quality(source, device: torch.device):
+    """The SampleQuality (FID, precision, recall, ...) of an image dataset, built on its test split."""
+    if not isinstance(source, ImageSource):
+        raise ConfigError(f"dataset {source.name} is a set of 2-D points, not images: name an image dataset.")
+    evaluator = source.evaluator(device, (0.0, 1.0))
+    if evaluator is None:
+        raise ConfigError(
+            f"dataset {source.name} names no feature net or test split (dataset.feature_net, dataset.test_root), "
+            f"so its images cannot be scored: set them, or use mnist, fashion_mnist or cifar10."
+        )
+    return evaluator.quality
+
+
+def scores_of_file(path: Path, options: dict[str, str], overrides: list[str], device: torch.device) -> dict:
+    """Metrics of a file or folder of images (or of a `ganlab-sample` file of points) against its dataset."""
+    samples = open_samples(path)
+    if options["dataset"]:
+        dataset = dataset_config(options["dataset"], overrides)
+    elif samples.config is not None:
+        dataset = OmegaConf.merge(OmegaConf.create(samples.config["dataset"]), dotlist_without_prefix(overrides))
+    else:
+        raise ConfigError(
+            f"{path} does not say which dataset its images are of: add dataset=NAME (for example dataset=mnist)."
+        )
+    source = build(dataset, "dataset")
+    count = int(options["n"]) if options["n"] else None
+    if samples.key == "points":
+        return scores_of_points(samples, source, count, device)
+    images = to_uint8_images(samples.array, f"{path}{f' ({samples.key})' if samples.key else ''}")[:count]
+    return image_quality(source, device).compute(images)
+
+
+def scores_of_points(samples, source, count: int | None, device: torch.device) -> dict:
+    """Mode metrics of the 2-D points a `ganlab-sample` file of a toy dataset holds."""
+    if samples.config is None or isinstance(source, ImageSource):
+        raise DataError("a file of 2-D points is scored only against the toy dataset that `ganlab-sample` recorded.")
+    cfg = OmegaConf.create(samples.config)
+    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size)
+    evaluator = source.evaluator(device, model.output_range)
+    points = source.to_range(torch.as_tensor(samples.array)[:count], model.output_range)
+    return evaluator(points.to(device))
 
 
 def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) -> dict[str, float]:
     """Metrics of a run's generators (raw, and EMA as `<name>_ema`)."""
+    if options["dataset"]:
+        raise ConfigError(
+            f"dataset={options['dataset']} does not apply to the run {run_dir}, which is scored on its own dataset: "
+            f"drop it (dataset.root=... says where that dataset is)."
+        )
     cfg, model, ema = load_run(run_dir, options["device"])
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     source = build(cfg.dataset, "dataset")
@@ -109,22 +160,44 @@ def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) 
     if evaluator is None:
         return {}
     named_generators = [("", model.generator)] + ([("_ema", ema)] if ema is not None else [])
-    return evaluate(named_generators, model, evaluator, int(options["n"]), int(options["seed"]))
+    return evaluate(named_generators, model, evaluator, int(options["n"] or 10000), int(options["seed"]))
+
+
+def calibrate_command(options: dict[str, str], overrides: list[str], device: torch.device) -> str:
+    """The calibration table (ganlab.calibration) of the dataset named in `options`, as Markdown."""
+    from ganlab.calibration import CALIBRATION_IMAGES, calibrate, markdown_table
+
+    if not options["dataset"]:
+        raise ConfigError("ganlab-eval calibrate needs the dataset: add dataset=NAME (for example dataset=mnist).")
+    source = build(dataset_config(options["dataset"], overrides), "dataset")
+    quality = image_quality(source, device)
+    images = source.decode_uint8()
+    labels = getattr(source.checked_open(None), "targets", None)
+    if labels is None:
+        raise DataError(f"dataset {source.name} has no class labels, which calibration needs to drop classes.")
+    count = int(options["n"] or CALIBRATION_IMAGES)
+    rows = calibrate(quality, images, torch.as_tensor(labels), count, int(options["seed"]))
+    return markdown_table(rows)
 
 
 def eval_command(arguments: list[str]) -> None:
-    usage = "ganlab-eval <run_dir | samples.npz> [n=10000] [seed=0] [device=auto] [dataset.root=...]"
-    target, options = parse(arguments, {"n": "10000", "seed": "0", "device": "auto"}, usage)
+    usage = ("ganlab-eval <run_dir | .npz | .npy | .pt | image folder | calibrate> [dataset=NAME] [n=...] [seed=0] "
+             "[device=auto] [dataset.root=...]")  # fmt: skip
+    target, options = parse(arguments, {"n": "", "seed": "0", "device": "auto", "dataset": ""}, usage)
+    if options["n"] and not (options["n"].isdigit() and int(options["n"]) >= 2):
+        raise ConfigError(f"n={options['n']} is not allowed: it must be a whole number >= 2 (images to score).")
+    if not options["seed"].isdigit():
+        raise ConfigError(f"seed={options['seed']} is not allowed: it must be a whole number >= 0.")
     overrides = [f"{key}={value}" for key, value in options.items() if key.startswith("dataset.")]
     path = Path(target)
-    if path.is_dir():
-        scores = scores_of_run(path, options, overrides)
-    elif path.suffix == ".npz" and path.exists():
-        device = resolve_device(OmegaConf.create({"type": options["device"], "threads": None}))
-        scores = scores_of_file(path, overrides, device)
+    if (path / "config.yaml").exists():
+        print(json.dumps(scores_of_run(path, options, overrides), sort_keys=True))
+        return
+    device = resolve_device(OmegaConf.create({"type": options["device"], "threads": None}))
+    if target == "calibrate":
+        print(calibrate_command(options, overrides, device))
     else:
-        raise ConfigError(f"{path} is neither a run dir nor a .npz file from ganlab-sample: pass one of those.")
-    print(json.dumps(scores, sort_keys=True))
+        print(json.dumps(scores_of_file(path, options, overrides, device), sort_keys=True))
 
 
 def _run(command) -> None:

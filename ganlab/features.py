@@ -6,7 +6,9 @@ ships one small CNN classifier per dataset instead (`ganlab/feature_nets/<name>.
 its softmax tells which classes the generated images fall in.
 
 `feature_nets/manifest.json` records, for every net, the sha256 of its file, its test accuracy, the exact command
-that trained it, the data, seed and torch version; `load_feature_net` refuses a file whose checksum differs.
+that trained it, the data (`train_set`: the full train split, or the CIFAR-10 subset), seed and torch version, and
+its calibration table (`ganlab.calibration`: every metric on real images under controlled damage);
+`load_feature_net` refuses a file whose checksum differs.
 """
 
 import hashlib

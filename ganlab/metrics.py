@@ -1,4 +1,4 @@
-"""Sample-quality metrics that work offline: FID and KID in a small frozen net's embedding, and class balance.
+"""Sample-quality metrics that work offline: FID, KID, precision and recall in a small frozen net's embedding.
 
 `SampleQuality` is built once from a `FeatureNet` (see `ganlab.features`) and the real reference images, the
 dataset's test split; the reference statistics are computed then and reused by every `compute(generated)`:
@@ -8,6 +8,8 @@ dataset's test split; the reference statistics are computed then and reused by e
   same reference set and the same number of generated images: FID is biased upwards for small sets.
 - `kid_mean`, `kid_std`: kernel inception distance (squared MMD with a cubic polynomial kernel, unbiased), mean and
   spread over random subsets; less biased than FID for small sets.
+- `precision`, `recall`, `density`, `prdc_coverage`: fidelity and diversity apart, from k-nearest-neighbour
+  manifolds of the same embeddings (`ganlab.manifold`); they depend on the set sizes too, so compare like with like.
 - `coverage`: how many of the 10 classes hold at least 1% of the generated images (the net's argmax): mode collapse
   shows as a low count.
 - `kl_uniform`: KL(p || uniform) of the histogram of predicted classes, 0 when balanced, log 10 = 2.30 for one class.
@@ -29,6 +31,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ganlab.features import Embeddings, FeatureNet, prepare_images
+from ganlab.manifold import NEAREST_K, ManifoldMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,14 @@ INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
 class SampleQuality:
-    """FID, KID and class-balance metrics of generated images against one fixed set of real images.
+    """FID, KID, precision/recall and class-balance metrics of generated images against one fixed set of real images.
 
     net: the frozen FeatureNet of the dataset (`ganlab.features.load_feature_net`); it is moved to the device of
     `reference`. reference: the real images, uint8 (N, C, H, W), N >= 2, usually the dataset's test split.
     batch_size: images per forward pass of the net. kid_subsets, kid_subset_size: KID averages the MMD over
     `kid_subsets` random subsets of `kid_subset_size` images of each side (clamped to the smaller side's size).
     seed: seeds KID's subset draws, in a forked RNG: the scores are repeatable and the caller's RNG is untouched.
+    nearest_k: the k of precision, recall, density and prdc_coverage (`ganlab.manifold`).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class SampleQuality:
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         seed: int = 0,
+        nearest_k: int = NEAREST_K,
     ):
         _check_images(reference, "reference")
         # FID keeps float64 sums, which Apple's MPS cannot hold: score there on the CPU
@@ -73,8 +78,11 @@ class SampleQuality:
             ).to(self.device)
         self.num_reference = len(reference)
         with torch.no_grad():
-            for batch in reference.split(batch_size):
-                self.update(self.embed(batch.to(self.device)), real=True)
+            embeddings = [self.embed(batch.to(self.device)) for batch in reference.split(batch_size)]
+            for batch in embeddings:
+                self.update(batch, real=True)
+            # the real k-NN radii are computed here, once: every compute() measures only the generated side
+            self.manifold = ManifoldMetrics(torch.cat(embeddings), nearest_k)
 
     def embed(self, images: Tensor) -> Tensor:
         """The net's embedding (N, num_features) of uint8 images (N, 1 or 3, H, W), in eval mode."""
@@ -89,15 +97,18 @@ class SampleQuality:
     def compute(self, generated: Tensor) -> dict[str, float]:
         """The scores of `generated`, uint8 (N, C, H, W) with N >= 2, any size and channel count.
 
-        Returns fid, kid_mean, kid_std, coverage (an int), kl_uniform and confidence; see the module docstring.
+        Returns fid, kid_mean, kid_std, precision, recall, density, prdc_coverage, coverage (an int), kl_uniform
+        and confidence; see the module docstring. The net embeds each image once, for all of them.
         """
         _check_images(generated, "generated")
         self.fid.reset()
         self.kid.reset()
         counts = torch.zeros(self.net.classifier.out_features, dtype=torch.long, device=self.device)
         confidence = torch.zeros((), device=self.device)
+        all_embeddings = []
         for batch in generated.split(self.batch_size):
             embeddings = self.embed(batch.to(self.device))
+            all_embeddings.append(embeddings)
             self.update(embeddings, real=False)
             probabilities = self.net.classifier(embeddings).softmax(dim=1)
             top, predicted = probabilities.max(dim=1)
@@ -112,6 +123,7 @@ class SampleQuality:
             "fid": float(self.fid.compute()),
             "kid_mean": float(kid_mean),
             "kid_std": float(kid_std),
+            **self.manifold.compute(torch.cat(all_embeddings)),
             "coverage": int((share >= COVERAGE_SHARE).sum()),
             "kl_uniform": kl_from_uniform(share),
             "confidence": float(confidence) / len(generated),

@@ -1,11 +1,16 @@
 """`ganlab-report`: the tables and one figure of a sweep that `ganlab-train -m` wrote, finished or still running.
 
-    ganlab-report <sweep_dir> [--metric fid] [--out DIR]
+    ganlab-report <sweep_dir> [--metric NAME] [--out DIR]
 
 Writes into the sweep dir (or DIR): `report.md` (the job table and the table grouped over seeds, also printed),
-`report_jobs.csv`, `report_groups.csv` and `report.png` (metric curves per group, and each group's latest sample
-grid). A job with no metrics.json is "interrupted" if it wrote a checkpoint, else "not started". `--metric` sorts
-the groups by that metric's mean, lowest first; it defaults to fid, or to the first metric name of the sweep.
+`report_jobs.csv`, `report_groups.csv` and `report.png` (metric curves per group, the runs on the precision-recall
+plane, and each group's latest sample grid). A job with no metrics.json is "interrupted" if it wrote a checkpoint,
+else "not started".
+
+Both tables are ranked by the sweep's own `eval.objective` (read from each job's config.yaml), best first: lowest
+first for distances such as fid, highest first for precision, recall or coverage. `--metric` ranks by another.
+report.md shows that metric, then precision, recall and class coverage of the same generator (raw or EMA) and where
+its FID falls on the feature net's calibration table (`ganlab.calibration`); the CSVs hold every metric.
 """
 
 import argparse
@@ -26,7 +31,12 @@ from ganlab.errors import ConfigError, DataError, GanlabError
 
 USAGE = "ganlab-report <sweep_dir> [--metric NAME] [--out DIR]"
 DONE = ("completed", "time_budget")  # the statuses of a job that ran as far as its config asked
-PANELS_PER_ROW = 5  # figure panels side by side before wrapping to a new row
+# metrics where higher is better (with or without the `_ema` suffix); every other one (fid, kid_mean, kl_uniform)
+# is a distance or a spread, lower is better
+HIGHER_IS_BETTER = ("precision", "recall", "density", "prdc_coverage", "coverage", "confidence", "modes_covered",
+                    "high_quality")  # fmt: skip
+# what report.md shows after the ranking metric, of the same generator: fidelity, diversity and class balance
+COMPANIONS = ("precision", "recall", "coverage", "modes_covered", "high_quality")
 
 # TensorBoard's directory watcher logs "No path found after <event file>" at INFO for every job it reads, which
 # the end-of-sweep summary (ganlab.sweep, running under Hydra's logging) would print once per job
@@ -56,6 +66,8 @@ class Job:
     images_per_second: float | None = None
     error: str = ""
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # TensorBoard tag -> (step, value)
+    objective: str | None = None  # the job's eval.objective, from its config.yaml
+    feature_net: str | None = None  # the job's dataset.feature_net (whose calibration table places its FID)
 
     @property
     def name(self) -> str:
@@ -86,12 +98,22 @@ def read_overrides(folder: Path) -> dict[str, str]:
     return {key: value for key, _, value in (str(override).partition("=") for override in overrides)}
 
 
+def read_config(folder: Path) -> tuple[str | None, str | None]:
+    """The job's eval.objective and dataset.feature_net from its config.yaml; None for what it does not have."""
+    try:
+        config = OmegaConf.load(folder / "config.yaml")
+        return OmegaConf.select(config, "eval.objective"), OmegaConf.select(config, "dataset.feature_net")
+    except Exception:  # missing (not started) or damaged: the job is reported without them
+        return None, None
+
+
 def load_job(folder: Path, curves: bool = True) -> Job:
     """The job in `folder`: its overrides, and its summary from metrics.json or, if it has none, its event files.
 
     curves: read the TensorBoard curves too (the figure needs them; a status count does not).
     """
     job = Job(folder, read_overrides(folder), "not started", curves=read_curves(folder) if curves else {})
+    job.objective, job.feature_net = read_config(folder)
     if not (folder / "metrics.json").exists():
         # checkpoint.pt or checkpoint.prev.pt; ganlab.checkpoint.has_checkpoint would import torch just for this
         if any(folder.glob("checkpoint*.pt")):
@@ -137,21 +159,102 @@ def metric_names(jobs: list[Job]) -> list[str]:
     return sorted({name for job in jobs for name in job.metrics})
 
 
-def job_table(jobs: list[Job]) -> Table:
-    """One row per job: its swept overrides, status, steps, seconds, metrics and throughput."""
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger `metric` (e.g. recall_ema) is the better one."""
+    return metric.removesuffix("_ema") in HIGHER_IS_BETTER
+
+
+def sweep_objective(jobs: list[Job]) -> str | None:
+    """The sweep's eval.objective: the one most of its jobs' config.yaml name (None if no job wrote one)."""
+    objectives = Counter(job.objective for job in jobs if job.objective)
+    return objectives.most_common(1)[0][0] if objectives else None
+
+
+def shown_metrics(metric: str | None, names: list[str]) -> list[str]:
+    """The metrics report.md shows: `metric`, then the COMPANIONS of its generator (raw, or `_ema`) that exist."""
+    if metric is None:
+        return []
+    suffix = "_ema" if metric.endswith("_ema") else ""
+    return list(dict.fromkeys([metric] + [f"{name}{suffix}" for name in COMPANIONS if f"{name}{suffix}" in names]))
+
+
+def rank(rows: Table, metric: str | None) -> Table:
+    """`rows` best first by `metric` (a (mean, std) cell ranks by its mean); rows without it last, in their order."""
+
+    def key(row: dict) -> float:
+        value = row.get(metric)
+        value = value[0] if isinstance(value, tuple) else value
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return math.inf
+        return -value if higher_is_better(metric) else value
+
+    return rows if metric is None else sorted(rows, key=key)
+
+
+class CalibrationScale:
+    """Where an FID falls among real images under controlled damage: the feature net's calibration table.
+
+    The tables live in the feature nets' manifest (`ganlab/feature_nets/manifest.json`, `calibration`), measured on
+    `images_per_set` images; FID grows as a set shrinks, so a run scored with fewer images sits a little higher.
+    """
+
+    def __init__(self):
+        from ganlab.features import read_manifest  # torch loads only when a report is written
+
+        self.manifest = read_manifest()
+
+    def images_per_set(self, feature_net: str | None) -> int | None:
+        """How many images each set of `feature_net`'s table holds (fewer where the data has fewer)."""
+        return self.manifest.get(feature_net, {}).get("calibration", {}).get("images_per_set") if feature_net else None
+
+    def sets(self, feature_net: str | None) -> list[dict]:
+        """The calibration rows of `feature_net`, or [] where it has none."""
+        return self.manifest.get(feature_net, {}).get("calibration", {}).get("sets", []) if feature_net else []
+
+    def place(self, fid: float | None, feature_net: str | None, metric: str = "fid") -> str | None:
+        """A few words placing `fid`, e.g. "between blur σ1 (3x3) (29.6) and noise σ0.2 (61)"; None without a table."""
+        ordered = sorted(self.sets(feature_net), key=lambda row: row[metric])
+        if fid is None or not ordered or math.isnan(fid):
+            return None
+        below = [row for row in ordered if row[metric] <= fid]
+        above = [row for row in ordered if row[metric] > fid]
+        if not below:
+            return f"better than {_named(ordered[0], metric)}"
+        if not above:
+            return f"worse than {_named(ordered[-1], metric)}"
+        return f"between {_named(below[-1], metric)} and {_named(above[0], metric)}"
+
+
+def _named(row: dict, metric: str) -> str:
+    return f"{row['set']} ({number(row[metric], 3)})"
+
+
+def fid_to_place(metric: str | None, names: list[str]) -> str | None:
+    """The FID that the calibration column places: that of the ranking metric's generator (raw or EMA)."""
+    suffix = "_ema" if metric and metric.endswith("_ema") else ""
+    return next((name for name in (f"fid{suffix}", "fid") if name in names), None)
+
+
+def job_table(jobs: list[Job], metric: str | None = None, scale: CalibrationScale | None = None) -> Table:
+    """One row per job, best first by `metric`: its swept overrides, status, steps, seconds, metrics (the shown ones
+    first), where its FID falls on the calibration `scale`, and throughput."""
     keys, names = swept_keys(jobs), metric_names(jobs)
+    shown = shown_metrics(metric, names)
+    fid = fid_to_place(metric, names)
     any_error = any(job.error for job in jobs)
     rows = []
     for job in jobs:
         row: dict[str, object] = {key: job.overrides.get(key) for key in keys}
         row |= {"status": job.status, "steps": job.steps, "seconds": job.seconds}
-        row |= {name: job.metrics.get(name) for name in names}
+        row |= {name: job.metrics.get(name) for name in dict.fromkeys(shown + names)}
+        if scale is not None and fid is not None:
+            row["calibration"] = scale.place(job.metrics.get(fid), job.feature_net)
         row |= {"steps/s": job.steps_per_second, "images/s": job.images_per_second}
         if any_error:
             row["error"] = job.error
         row["overrides"] = ",".join(f"{key}={value}" for key, value in job.overrides.items())
         rows.append(row)
-    return rows
+    return rank(rows, metric)
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -176,24 +279,28 @@ def group_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
     return groups
 
 
-def group_table(jobs: list[Job], metric: str | None) -> Table:
+def group_table(jobs: list[Job], metric: str | None, scale: CalibrationScale | None = None) -> Table:
     """One row per group (setting of the swept overrides but seed): job counts, and mean ± std over its seeds.
 
-    Metrics and throughput are averaged over the finished jobs (completed or time_budget) only.
-
-    Rows are sorted by the mean of `metric`, lowest first; groups without that metric come last.
+    Metrics and throughput are averaged over the finished jobs (completed or time_budget) only; the shown metrics
+    come first, and the calibration column places the mean FID. Rows are ranked best first by the mean of
+    `metric`; groups without it come last.
     """
     keys, names = group_keys(jobs), metric_names(jobs)
+    shown = shown_metrics(metric, names)
+    fid = fid_to_place(metric, names)
     rows = []
     for name, members in group_jobs(jobs).items():
         row: dict[str, object] = {"group": name} | {key: members[0].overrides.get(key) for key in keys}
         row |= {"n": len(members), "completed": sum(job.status in DONE for job in members)}
         row["steps"] = mean_std([job.steps for job in members])  # how far each got, finished or not
         done = [job for job in members if job.status in DONE]  # a stopped run's partial scores would mix in
-        row |= {name: mean_std([job.metrics.get(name) for job in done]) for name in names}
+        row |= {name: mean_std([job.metrics.get(name) for job in done]) for name in dict.fromkeys(shown + names)}
+        if scale is not None and fid is not None:
+            row["calibration"] = scale.place(row[fid][0], members[0].feature_net)
         row["steps/s"] = mean_std([job.steps_per_second for job in done])
         rows.append(row)
-    return sorted(rows, key=lambda row: math.inf if metric is None or row[metric][0] is None else row[metric][0])
+    return rank(rows, metric)
 
 
 def write_csv(rows: Table, path: Path) -> None:
@@ -238,99 +345,73 @@ def markdown_table(rows: Table, leave_out: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
-def markdown(sweep_dir: Path, jobs: list[Job], metric: str | None) -> str:
-    """The whole report.md: a header line with the counts per status, the job table and the group table."""
+def markdown(sweep_dir: Path, jobs: list[Job], metric: str | None, why: str, scale: CalibrationScale | None) -> str:
+    """The whole report.md: a header with the counts per status and the ranking, the job table and the group table.
+
+    why: a few words on where `metric` came from (eval.objective or --metric). The tables show the ranking metric
+    and its companions (`shown_metrics`); the other metrics are in the CSVs.
+    """
     counts = ", ".join(f"{n} {status}" for status, n in Counter(job.status for job in jobs).most_common())
-    sort = f", sorted by {metric}" if metric else ""
+    names = metric_names(jobs)
+    hidden = tuple(name for name in names if name not in shown_metrics(metric, names)) + ("images/s",)
+    order = f"{'highest' if metric and higher_is_better(metric) else 'lowest'} first"
+    header = f"Ranked by {metric} ({why}), {order}." if metric else "No metrics yet."
+    fid = fid_to_place(metric, names)
+    nets = {job.feature_net for job in jobs if scale is not None and scale.images_per_set(job.feature_net)}
+    if fid is not None and nets:
+        per_set = " or ".join(sorted({f"{scale.images_per_set(net):,}" for net in nets}))
+        header += (
+            f" The calibration column places the {fid} among real images under controlled damage, the feature net's "
+            f"calibration table (`ganlab-eval calibrate`, {per_set} images per set: a run scored with fewer images "
+            f"sits a little higher on it)."
+        )
+    header += " Every metric is in report_jobs.csv and report_groups.csv."
     return (
-        f"# Sweep {sweep_dir}: {len(jobs)} job{'s' * (len(jobs) > 1)} ({counts})\n\n## Jobs\n\n"
-        + markdown_table(job_table(jobs), leave_out=("overrides",))  # the swept columns say it shorter
-        + f"\n\n## Over seeds (mean ± std){sort}\n\n"
-        + markdown_table(group_table(jobs, metric), leave_out=tuple(group_keys(jobs)))  # `group` names them
+        f"# Sweep {sweep_dir}: {len(jobs)} job{'s' * (len(jobs) > 1)} ({counts})\n\n{header}\n\n## Jobs\n\n"
+        + markdown_table(job_table(jobs, metric, scale), leave_out=("overrides", *hidden))  # swept columns say it
+        + "\n\n## Over seeds (mean ± std)\n\n"
+        + markdown_table(group_table(jobs, metric, scale), leave_out=(*group_keys(jobs), *hidden))  # `group` does
         + "\n"
     )
 
 
-def latest_samples(job: Job) -> Path | None:
-    """The job's newest fixed-noise grid of the raw generator, or None if it wrote none yet."""
-    grids = sorted((job.folder / "samples").glob("step_*.png"))  # zero-padded step numbers sort in order
-    return grids[-1] if grids else None
-
-
-def panels(figure, count: int) -> list:
-    """`count` axes in rows of at most PANELS_PER_ROW, the spare slots of the last row hidden."""
-    columns = min(count, PANELS_PER_ROW)
-    axes = figure.subplots(math.ceil(count / columns), columns, squeeze=False).ravel()
-    for spare in axes[count:]:
-        spare.set_visible(False)
-    return list(axes[:count])
-
-
-def figure(jobs: list[Job], path: Path) -> None:
-    """Save a PNG: per scalar tag one panel with a line per group (each seed faint, their mean bold), then
-    the latest sample grid of each group's first job that has one."""
-    from matplotlib.figure import Figure  # imported here: reading a sweep (the end-of-sweep summary) needs no plots
-    from matplotlib.image import imread
-
-    groups = group_jobs(jobs)
-    tags = sorted({tag for job in jobs for tag, points in job.curves.items() if len(points) >= 2},
-                  key=lambda tag: (tag.startswith("Metrics/"), tag))  # fmt: skip
-    grids = {name: next(filter(None, map(latest_samples, members)), None) for name, members in groups.items()}
-    grids = {name: grid for name, grid in grids.items() if grid is not None}
-
-    rows = [math.ceil(len(tags) / PANELS_PER_ROW), math.ceil(len(grids) / PANELS_PER_ROW)]
-    width = 3.6 * max(2, min(PANELS_PER_ROW, max(len(tags), len(grids))))
-    canvas = Figure(figsize=(width, 3.2 * max(1, sum(rows))), layout="constrained")
-    if not tags and not grids:
-        canvas.text(0.5, 0.5, "no curves or samples written yet", ha="center", va="center")
-    top, bottom = canvas.subfigures(2, 1, height_ratios=rows) if tags and grids else (canvas, canvas)
-    if tags:
-        tag_axes = panels(top, len(tags))
-        for axes, tag in zip(tag_axes, tags, strict=True):
-            for colour, (name, members) in enumerate(groups.items()):
-                plot_group(axes, [job.curves[tag] for job in members if tag in job.curves], f"C{colour}", name)
-            axes.set(title=tag, xlabel="step")
-        tag_axes[0].legend(fontsize="small")
-    if grids:
-        for axes, (name, grid) in zip(panels(bottom, len(grids)), grids.items(), strict=True):
-            axes.imshow(imread(grid))
-            axes.set_title(name, fontsize="small")
-            axes.axis("off")
-    canvas.savefig(path, dpi=100)
-
-
-def plot_group(axes, curves: list[list[tuple[int, float]]], colour: str, name: str) -> None:
-    """Each seed's curve faint and, where the seeds share steps, their mean bold (labelled with the group)."""
-    for curve in curves:
-        axes.plot(*zip(*curve, strict=True), color=colour, alpha=0.3, linewidth=0.8)
-    common = sorted(set.intersection(*(set(step for step, _ in curve) for curve in curves))) if curves else []
-    if common:
-        values = [dict(curve) for curve in curves]
-        axes.plot(common, [np.mean([v[step] for v in values]) for step in common], color=colour, label=name)
+def ranking_metric(option: str | None, objective: str | None, names: list[str]) -> tuple[str | None, str]:
+    """The metric the tables are ranked by, and why: --metric, else eval.objective, else fid or the first metric."""
+    if option is not None:
+        if option not in names:
+            raise ConfigError(f"--metric {option} is not a metric of this sweep: use one of {names}.")
+        return option, "--metric"
+    if objective in names:
+        return objective, "the sweep's eval.objective"
+    fallback = "fid" if "fid" in names else next(iter(names), None)
+    return fallback, f"eval.objective={objective} is not a metric of this sweep" if objective else "no eval.objective"
 
 
 def report(argv: list[str]) -> None:
     """Read the sweep named in `argv`, write report.md, the two CSVs and report.png, and print them."""
     parser = ArgumentParser(prog="ganlab-report", usage=USAGE, description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the folder a `ganlab-train -m` run wrote")
-    parser.add_argument("--metric", help="sort the groups by this metric's mean, lowest first (default: fid)")
+    parser.add_argument("--metric", help="rank by this metric instead of the sweep's eval.objective")
     parser.add_argument("--out", type=Path, help="write the report here instead of into the sweep dir")
     args = parser.parse_args(argv)
 
+    from ganlab.report_figure import figure  # matplotlib loads only when a report is written
+
     jobs = load_jobs(args.sweep_dir)
     names = metric_names(jobs)
-    metric = args.metric or ("fid" if "fid" in names else next(iter(names), None))
-    if args.metric and args.metric not in names:
-        raise ConfigError(f"--metric {args.metric} is not a metric of this sweep: use one of {names}.")
+    metric, why = ranking_metric(args.metric, sweep_objective(jobs), names)
+    scale = CalibrationScale()
     out = args.out or args.sweep_dir
-    text = markdown(args.sweep_dir, jobs, metric)
+    text = markdown(args.sweep_dir, jobs, metric, why, scale)
     paths = [out / name for name in ("report.md", "report_jobs.csv", "report_groups.csv", "report.png")]
     try:
         out.mkdir(parents=True, exist_ok=True)
         paths[0].write_text(text)
-        write_csv(job_table(jobs), paths[1])
-        write_csv(group_table(jobs, metric), paths[2])
-        figure(jobs, paths[3])
+        write_csv(job_table(jobs, metric, scale), paths[1])
+        write_csv(group_table(jobs, metric, scale), paths[2])
+        suffix = "_ema" if metric and metric.endswith("_ema") else ""
+        feature_net = next((job.feature_net for job in jobs if job.feature_net), None)
+        figure(jobs, paths[3], suffix, scale.sets(feature_net))
     except OSError as error:
         raise ConfigError(
             f"cannot write the report to {out} ({error.strerror or error}): pass --out with a writable folder."

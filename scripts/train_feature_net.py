@@ -3,16 +3,20 @@
     python scripts/train_feature_net.py --dataset mnist --data-root ../shared/data
     python scripts/train_feature_net.py --dataset cifar10 --data-root ../shared/data --cifar10-source subset
     python scripts/train_feature_net.py --dataset mnist --data-root ../shared/data --floor   # print the floor only
+    python scripts/train_feature_net.py --dataset mnist --data-root ../shared/data --calibrate  # store the table only
 
 Trains `ganlab.features.FeatureNet` on the real train split (decoded once into memory), with a fixed seed and
 deterministic algorithms on the CPU, measures its accuracy on the test split, writes the state dict to
 `ganlab/feature_nets/<dataset>.pt` and its entry in `ganlab/feature_nets/manifest.json`: sha256, test accuracy,
 this exact command, the data it saw, seed, torch version, and the real-vs-real floor (`ganlab.metrics.real_floor`:
-FID/KID between 10,000 train images and the test split, the best score a generator can expect).
+FID/KID between 10,000 train images and the test split, the best score a generator can expect), and the calibration
+table (`ganlab.calibration`: every metric on 5,000 train images under controlled damage, against the test split).
+`--calibrate` computes and stores that table for the net already there, without training or touching its file.
 
 CIFAR-10: `--cifar10-source full` reads the pickle batches in `<data-root>/cifar-10-batches-py/`; `subset` reads
 the PNG class folders in `<data-root>/cifar10-subset/{train,test}/` (real CIFAR-10 images, but only a few thousand);
-`auto` (default) uses the full set when it is there and the subset otherwise. The manifest says which.
+`auto` (default) uses the full set when it is there and the subset otherwise. The manifest says which
+(`train_set`: full or subset).
 """
 
 import argparse
@@ -31,6 +35,7 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ganlab.calibration import CALIBRATION_IMAGES, calibrate, markdown_table  # noqa: E402
 from ganlab.errors import GanlabError  # noqa: E402
 from ganlab.features import (  # noqa: E402
     ARCHITECTURE_VERSION,
@@ -40,7 +45,8 @@ from ganlab.features import (  # noqa: E402
     load_feature_net,
     sha256_of,
 )
-from ganlab.metrics import real_floor  # noqa: E402
+from ganlab.manifold import NEAREST_K  # noqa: E402
+from ganlab.metrics import SampleQuality, real_floor  # noqa: E402
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -145,21 +151,52 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
     return correct / len(images)
 
 
+def calibration_record(
+    net: FeatureNet, train: tuple[Tensor, Tensor, str], test_images: Tensor, test_what: str, command: str
+) -> dict:
+    """The manifest's `calibration`: every metric on damaged train images against the test split, and how.
+
+    train: the train split's uint8 images, their labels, and the sentence saying what they are.
+    """
+    images, labels, train_what = train
+    rows = calibrate(SampleQuality(net, test_images), images, labels, CALIBRATION_IMAGES, SEED)
+    print(markdown_table(rows), flush=True)
+    return {
+        "command": command,
+        "images_per_set": CALIBRATION_IMAGES,
+        "seed": SEED,
+        "nearest_k": NEAREST_K,
+        "damaged": train_what,
+        "reference": test_what,
+        "sets": rows,
+    }
+
+
+def write_manifest(manifest: dict, out_dir: Path) -> None:
+    """Write manifest.json atomically, so a reader never sees half a file."""
+    path = out_dir / MANIFEST
+    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def read_manifest_file(out_dir: Path) -> dict:
+    return json.loads((out_dir / MANIFEST).read_text()) if (out_dir / MANIFEST).exists() else {}
+
+
 def write_net(name: str, net: FeatureNet, entry: dict, out_dir: Path) -> dict:
     """Save the state dict as `<out_dir>/<name>.pt` and its manifest entry (with the file's sha256), atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path, manifest_path = out_dir / f"{name}.pt", out_dir / MANIFEST
+    path = out_dir / f"{name}.pt"
     torch.save(net.state_dict(), path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = read_manifest_file(out_dir)
     manifest[name] = entry | {"file": path.name, "sha256": sha256_of(path.read_bytes())}
-    manifest_path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(manifest_path.with_suffix(".tmp"), manifest_path)
+    write_manifest(manifest, out_dir)
     return manifest[name]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train and record one feature net (or, with --floor, print the shipped one's floor); returns the exit code."""
+    """Train and record one feature net (or only print its floor, or only store its calibration); the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--data-root", required=True, type=Path, help="the folder that holds MNIST/raw, ...")
@@ -167,10 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cifar10-source", choices=["auto", "full", "subset"], default="auto")
     parser.add_argument("--out-dir", type=Path, default=FEATURE_NETS_DIR, help="where to write (default: the shipped)")
     parser.add_argument("--floor", action="store_true", help="print the shipped net's real-vs-real floor; no training")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="compute and store the net's calibration table; no training"
+    )
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (recorded when training)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "scripts/train_feature_net.py", *(sys.argv[1:] if argv is None else argv)])
     root = args.data_root.expanduser().absolute()
     source = resolve_cifar10_source(root, args.cifar10_source)
+    train_set = source if args.dataset == "cifar10" else "full"  # MNIST and Fashion-MNIST: always the whole split
     spec = DATASETS[args.dataset]
     epochs = args.epochs or spec["epochs"]
     try:
@@ -179,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.floor:
             net = load_feature_net(args.dataset, args.out_dir)
             print(json.dumps(real_floor(net, train_images, test_images), indent=2))
+            return 0
+        if args.calibrate:  # the net's file and checksum stay as they are: only its entry gains the table
+            net = load_feature_net(args.dataset, args.out_dir)
+            manifest = read_manifest_file(args.out_dir)
+            calibration = calibration_record(
+                net, (train_images, train_labels, train_what), test_images, test_what, command
+            )
+            manifest[args.dataset]["calibration"] = calibration
+            write_manifest(manifest, args.out_dir)
             return 0
     except (ScriptError, GanlabError) as error:
         print(f"train_feature_net: error: {error}", file=sys.stderr)
@@ -194,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     net.requires_grad_(False)
     entry = {
         "version": ARCHITECTURE_VERSION,
-        "command": shlex.join(["python", "scripts/train_feature_net.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command,
         "input_shape": list(spec["input_shape"]),
         "width": WIDTH,
         "num_classes": 10,
         "num_features": net.num_features,
         "parameters": sum(p.numel() for p in net.parameters()),
         "test_accuracy": round(test_accuracy, 4),
+        "train_set": train_set,
         "train_data": train_what,
         "test_data": test_what,
         "epochs": epochs,
@@ -208,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         "learning_rate": LEARNING_RATE,
         "augment": spec["augment"],
         "seed": SEED,
-        "threads": THREADS,
+        "threads": args.threads,
         "torch_version": torch.__version__,
         "train_seconds": round(seconds),
         "real_floor": real_floor(net, train_images, test_images),
+        "calibration": calibration_record(
+            net, (train_images, train_labels, train_what), test_images, test_what, command
+        ),
     }
     entry = write_net(args.dataset, net, entry, args.out_dir)
     print(json.dumps(entry, indent=2, sort_keys=True))

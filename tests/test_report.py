@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from ganlab.features import read_manifest
 from ganlab.report import load_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,8 @@ def test_metric_option_sorts_groups_and_out_redirects(sweep, tmp_path):
     assert process.returncode == 0, process.stderr
     assert all((out / name).is_file() for name in REPORT_FILES)
     means = [float(group["high_quality_mean"]) for group in read_csv(out / "report_groups.csv")]
-    assert means == sorted(means)
+    assert means == sorted(means, reverse=True)  # a share of good samples: highest first
+    assert "Ranked by high_quality (--metric), highest first." in process.stdout
 
 
 def test_partial_sweep_reports_each_jobs_state(sweep, tmp_path):
@@ -164,3 +166,63 @@ def test_errors_are_one_sentence(case, sweep, tmp_path):
     assert "Traceback" not in process.stderr
     if case == "empty":
         assert "holds no job folders" in process.stderr
+
+
+def image_sweep(sweep: Path, folder: Path, objective: str) -> dict[tuple[str, str], dict[str, float]]:
+    """A copy of the toy sweep whose jobs look like MNIST runs: image metrics in metrics.json (G and EMA), and
+    `objective` and the mnist feature net in config.yaml. Returns each job's metrics by (loss, seed)."""
+    shutil.copytree(sweep, folder, ignore=shutil.ignore_patterns("report*"))
+    written = {}
+    for number, ((loss, seed), job) in enumerate(sorted(job_folders(folder).items())):
+        metrics = {"fid": 40.0 + number, "kid_mean": 1.0 + number, "precision": 0.5, "recall": 0.4, "coverage": 10}
+        metrics |= {"fid_ema": 1.0 + 10 * number, "precision_ema": 0.8 - 0.1 * number, "recall_ema": 0.3 + 0.1 * number,
+                    "coverage_ema": 9 + number % 2, "kid_mean_ema": 0.1 * number}  # fmt: skip
+        summary = json.loads((job / "metrics.json").read_text())
+        (job / "metrics.json").write_text(json.dumps(summary | {"metrics": metrics}))
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        config["eval"]["objective"], config["dataset"]["feature_net"] = objective, "mnist"
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+        written[loss, seed] = metrics
+    return written
+
+
+def test_tables_rank_by_the_sweeps_objective_and_show_its_generators_companions(sweep, tmp_path):
+    """eval.objective=recall_ema: jobs and groups highest recall_ema first; report.md shows it, then precision, recall
+    and class coverage of the EMA generator and where its FID falls on the calibration table; the CSV has the rest."""
+    written = image_sweep(sweep, tmp_path / "images", "recall_ema")
+    process = run_report(tmp_path / "images")
+    assert process.returncode == 0, process.stderr
+    assert "Ranked by recall_ema (the sweep's eval.objective), highest first." in process.stdout
+    jobs = read_csv(tmp_path / "images" / "report_jobs.csv")
+    recalls = [float(job["recall_ema"]) for job in jobs]
+    assert recalls == sorted((m["recall_ema"] for m in written.values()), reverse=True)
+    assert {"fid", "kid_mean", "kid_mean_ema", "fid_ema", "calibration"} <= set(jobs[0])
+    groups = [float(group["recall_ema_mean"]) for group in read_csv(tmp_path / "images" / "report_groups.csv")]
+    assert groups == sorted(groups, reverse=True)
+    header = (tmp_path / "images" / "report.md").read_text().split("## Jobs")[1].splitlines()[2]
+    assert header == ("| loss | seed | status | steps | seconds | recall_ema | precision_ema | coverage_ema | "
+                      "calibration | steps/s |")  # fmt: skip
+
+
+def test_calibration_column_places_each_fid_among_the_damaged_sets(sweep, tmp_path):
+    """fid_ema (the objective): each job's between the two calibration sets of the shipped MNIST table around it."""
+    written = image_sweep(sweep, tmp_path / "images", "fid_ema")
+    process = run_report(tmp_path / "images")
+    assert process.returncode == 0, process.stderr
+    table = sorted(read_manifest()["mnist"]["calibration"]["sets"], key=lambda row: row["fid"])
+    jobs = read_csv(tmp_path / "images" / "report_jobs.csv")
+    assert [float(job["fid_ema"]) for job in jobs] == sorted(m["fid_ema"] for m in written.values())  # lowest first
+    for job in jobs:
+        fid = float(job["fid_ema"])
+        below = [row["set"] for row in table if row["fid"] <= fid][-1]
+        above = [row["set"] for row in table if row["fid"] > fid][0]
+        assert job["calibration"].startswith(f"between {below} (") and f") and {above} (" in job["calibration"]
+    assert "| calibration |" in process.stdout and "| between real train (floor) (" in process.stdout  # fid_ema 1
+
+
+def test_figure_gains_the_precision_recall_plane(sweep, report, tmp_path):
+    """The same curves, plus one panel with the runs (and the calibration sets) on the precision-recall plane."""
+    image_sweep(sweep, tmp_path / "images", "fid_ema")
+    assert run_report(tmp_path / "images").returncode == 0
+    with Image.open(sweep / "report.png") as without, Image.open(tmp_path / "images" / "report.png") as with_plane:
+        assert with_plane.size[0] > without.size[0]  # 4 curve panels (2 losses, 2 toy metrics), then 5
