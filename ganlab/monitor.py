@@ -1,9 +1,14 @@
-"""What a run writes for people to read: TensorBoard scalars, sample grids (also as PNG), config and hparams."""
+"""What a run writes for people to read: TensorBoard scalars, sample grids (also as PNG), how it was started (the
+TEXT tab), a layout that opens on the losses and the objective, and its HPARAMS row."""
 
 import json
 import logging
 import math
+import os
+import re
+import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,11 +17,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchvision.utils import save_image
 from tqdm import tqdm
 
+from ganlab import hparams
+from ganlab.hparams import RunRecord
+from ganlab.report import DONE
+
 log = logging.getLogger("ganlab")
+PACKAGE_DIR = Path(__file__).resolve().parent  # the source tree whose git commit a run records
 
 
 class RunningStats:
@@ -60,9 +69,16 @@ class Monitor:
         for name, value in stats.items():
             self.writer.add_scalar(name, value, step)
 
-    def config(self, cfg: DictConfig) -> None:
+    def start(self, cfg: DictConfig, record: RunRecord) -> None:
+        """What a new run writes once: how it was started and its resolved config (TEXT), the CUSTOM SCALARS layout,
+        and its HPARAMS row, so a running job shows in the table."""
+        self.writer.add_text("command", run_text(record), 0)
         yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.writer.add_text("config", "\n".join("    " + line for line in yaml.splitlines()), 0)
+        self.writer.add_custom_scalars(scalar_layout(cfg.eval.objective))
+        row = hparams.session_start(hparams.hparam_values(cfg, record), self.run_dir.name)
+        self.writer._get_file_writer().add_summary(row)
+        self.writer.flush()  # a resumed run does not write these again: a kill in its first minutes must not lose them
 
     def picture(self, tag: str, picture: Tensor, step: int, png_name: str) -> Path:
         """Log a (3, H, W) picture in [0, 1] to TensorBoard and save it as `samples/<png_name>`."""
@@ -71,16 +87,84 @@ class Monitor:
         save_image(picture, path)
         return path
 
-    def hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
-        """The HPARAMS entry for this run, written into the run's own event file (not a timestamped subfolder)."""
-        experiment, session_start, session_end = hparams_summary(hparams, metrics)
+    def finish(self, status: str, cfg: DictConfig, record: RunRecord, tags) -> None:
+        """The run's end in HPARAMS: its status and, the first time in a sweep (always for a single run), the experiment
+        summary, whose metric columns are the objective and the losses among `tags`, the scalar tags it wrote.
+
+        A stopped run writes nothing yet: it writes its end when a later process finishes it.
+        """
+        if status not in DONE and status != "diverged":
+            return
         file_writer = self.writer._get_file_writer()
-        for summary in (experiment, session_start, session_end):
-            file_writer.add_summary(summary)
-        self.scalars(metrics, step)
+        file_writer.add_summary(hparams.session_end(status))
+        if status not in DONE:  # a diverged run may lack the metrics: another job names the columns
+            return
+        values = hparams.hparam_values(cfg, record)
+        experiment = hparams.experiment_summary(cfg, record, values, hparams.metric_tags(tags, cfg.eval.objective))
+        if record.sweep_dir is None or hparams.claim_sweep_summary(record.sweep_dir, self.run_dir):
+            file_writer.add_summary(experiment)
+            file_writer.flush()  # a job that finishes next reads it to know the claim is kept
 
     def close(self) -> None:
         self.writer.close()
+
+
+def scalar_layout(objective: str) -> dict:
+    """The CUSTOM SCALARS tab: the losses and the objective (G and EMA) first, D's outputs and the speed after."""
+    metric = re.escape(objective.removesuffix("_ema"))
+    return {
+        "Training": {
+            "Loss/D": ["Multiline", [r"^Loss/D$"]],
+            "Loss/G": ["Multiline", [r"^Loss/G$"]],
+            f"{objective.removesuffix('_ema')} of G and its EMA": ["Multiline", [rf"^Metrics/{metric}(_ema)?$"]],
+        },
+        "Discriminator": {"mean D output on real and fake batches": ["Multiline", [r"^Output/"]]},
+        "Speed": {"steps per second": ["Multiline", [r"^Speed/steps_per_second$"]]},
+    }
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed, near enough: the program's name (`python -m ganlab.train` for the module) and its
+    arguments, quoted for a shell."""
+    program = Path(argv[0]).name
+    if program == "train.py" and Path(argv[0]).parent.name == "ganlab":
+        program = "python -m ganlab.train"
+    return " ".join([program, *(shlex.quote(argument) for argument in argv[1:])])
+
+
+def git_commit(source: Path = PACKAGE_DIR) -> str | None:
+    """The commit of the git checkout that ganlab runs from, plus " (dirty)" if its tracked files were changed.
+
+    None when ganlab is not a git checkout (an installed package), also when it lies inside another repository
+    (a virtual environment in a project): the checkout must track ganlab's own files.
+    """
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(source), *arguments], capture_output=True, text=True, timeout=30)
+
+    try:
+        if git("ls-files", "--error-unmatch", ".").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):  # no git on this machine, or it hung
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" (dirty)" if changed.stdout.strip() else "")
+
+
+def run_text(record: RunRecord) -> str:
+    """The TEXT tab's `command` card (a Markdown list): the command line, preset, overrides, sweep and code commit."""
+    rows = {
+        "command": command_line(record.argv) if record.argv else "train() called from Python",
+        "directory": os.getcwd(),
+        "preset": f"experiment={record.choices['experiment']}" if record.choices.get("experiment") else None,
+        "overrides": " ".join(record.overrides) or "none",
+        "sweep": f"{record.sweep_dir}, varying {', '.join(record.swept) or 'nothing'}" if record.sweep_dir else None,
+        "code": git_commit(),
+    }
+    return "\n".join(f"- **{name}** `{value}`" for name, value in rows.items() if value is not None)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,8 +1,11 @@
-"""What makes a sweep survive and scale: folder names that the same command finds again, and sharing the machine.
+"""What makes a sweep survive, read well and scale: folder names that the same command finds again, job names that
+say what varies, and sharing the machine.
 
 Run and sweep folders are named by the command's overrides, not by the time, so re-running a command lands in the
 folder it used before, and `train.resume` (on by default) continues each interrupted job there and skips finished
-ones. A joblib launcher's parallel jobs split the CPU threads between them and take the visible GPUs in turn.
+ones. Inside a sweep, each job's folder (and so its TensorBoard run name) holds only the overrides that vary between
+the jobs (`loss=hinge,seed=0`): what is constant already names the sweep folder. A joblib launcher's parallel jobs
+split the CPU threads between them and take the visible GPUs in turn.
 """
 
 import hashlib
@@ -15,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,13 +28,18 @@ log = logging.getLogger("ganlab")
 # overrides that do not change what a run computes, so they do not name its folder
 UNNAMED_KEYS = ("dataset.root", "train.resume", "log.progress")
 MAX_NAME = 200  # characters of a folder name (most file systems allow 255); a longer one ends in a hash
+# characters of a job's name: TensorBoard cuts run names to about 25-40 characters in its run list, legends and cards
+MAX_JOB_NAME = 40
 
 
-def folder_name(overrides: str) -> str:
-    """A safe, deterministic folder name for a comma-joined override list ("default" when there is none)."""
+def folder_name(overrides: str, limit: int = MAX_NAME) -> str:
+    """A safe, deterministic folder name for a comma-joined override list ("default" when there is none).
+
+    A name longer than `limit` keeps its start and ends in a hash of the whole, so two names never meet.
+    """
     name = re.sub(r"[^\w.,=+\-\[\]:@%]", "_", overrides) or "default"
-    if len(name) > MAX_NAME:
-        name = f"{name[: MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    if len(name) > limit:
+        name = f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
 
 
@@ -52,26 +62,82 @@ def named_overrides(overrides: Sequence[str]) -> list[str]:
     return sorted(item for item in items if names_folder(item))
 
 
-def command_folder() -> str:
-    """The folder name of the command this process was started with: its overrides (flags such as -m left out)."""
-    return job_folder([argument for argument in sys.argv[1:] if not argument.startswith("-")])
+def command_overrides(argv: Sequence[str]) -> list[str]:
+    """The overrides of a command line (`sys.argv`): its arguments without the program and flags such as -m."""
+    return [str(argument) for argument in list(argv)[1:] if not str(argument).startswith("-")]
 
 
-def job_folder(overrides) -> str:
-    """The folder name of one job of a sweep, from its overrides (`hydra.overrides.task`), or of a command line."""
-    return folder_name(",".join(named_overrides(list(overrides))))
+def command_folder(argv: Sequence[str]) -> str:
+    """The folder name of a run or sweep started with the command line `argv`: its named overrides."""
+    return folder_name(",".join(named_overrides(command_overrides(argv))))
+
+
+def swept_overrides(argv: Sequence[str], sweeper_params: DictConfig | dict | None = None) -> dict[str, Override]:
+    """The keys a sweep varies, each with the override that gives its values (`loss=lsgan,hinge`), in command order.
+
+    Hydra's own parser tells a sweep (`a,b`, `range()`, `choice()`, `interval()`, `glob()`) from a single value.
+    The sweeper's search space (`hydra.sweeper.params`, e.g. the Optuna preset's) counts too: every job of such a
+    sweeper varies in every one of those keys; the command line's sweep of a key wins over the preset's.
+    """
+    parser = OverridesParser.create()
+    params = [f"{key}={value}" for key, value in (sweeper_params or {}).items()]
+    swept = {override.key_or_group: override for override in parser.parse_overrides(params)}
+    for override in parser.parse_overrides([item for item in command_overrides(argv) if "=" in item]):
+        if override.is_sweep_override():
+            swept[override.key_or_group] = override
+    return swept
+
+
+def short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each key by its last component (`train.lr` -> `lr`) where no other key ends the same, else in full."""
+    last = {key: re.split(r"[./]", key)[-1] for key in keys}
+    counts = Counter(last.values())
+    return {key: last[key] if counts[last[key]] == 1 else key for key in keys}
+
+
+def job_name(task_overrides: Sequence[str], argv: Sequence[str], sweeper_params=None) -> str:
+    """A sweep job's folder and TensorBoard run name: its values of the swept keys, `loss=hinge,seed=0`.
+
+    Deterministic, so a re-run of the sweep finds each job again; at most MAX_JOB_NAME characters, a longer name
+    cut with a hash of the whole, so two jobs never share one.
+    """
+    swept = swept_overrides(argv, sweeper_params)
+    short = short_keys(list(swept))
+    parsed = OverridesParser.create().parse_overrides([str(item) for item in task_overrides if "=" in str(item)])
+    parts = sorted(f"{short[o.key_or_group]}={value_text(o)}" for o in parsed if o.key_or_group in swept)
+    return folder_name(",".join(parts), MAX_JOB_NAME)
+
+
+def value_text(override: Override) -> str:
+    """An override's value as the command line wrote it; a boolean as YAML writes it (Hydra's sweepers write False)."""
+    value = override.value()
+    return str(value).lower() if isinstance(value, bool) else override.input_line.split("=", 1)[1]
+
+
+def _job_resolver(task_overrides, argv, _root_: DictConfig) -> str:
+    return job_name(list(task_overrides), list(argv), OmegaConf.select(_root_, "hydra.sweeper.params", default=None))
 
 
 def register_resolvers() -> None:
-    """`${ganlab_command:}` and `${ganlab_job:<overrides>}`, used by conf/config.yaml to name run folders.
+    """`${ganlab_argv:}`, `${ganlab_folder:<argv>}` and `${ganlab_job:<overrides>,<argv>}`, which name run folders.
 
-    `ganlab_command` is cached: each job of a sweep re-resolves `hydra.sweep.dir`, and Hydra copies the sweep's
-    resolver cache into every job's config, so the jobs (in joblib or submitit workers too) see the sweep's name.
+    `ganlab_argv` is the command line, cached: Hydra copies the sweep's resolver cache into every job's config, so
+    the jobs (in joblib or submitit workers too, whose own `sys.argv` is another program's) see the command that
+    started the sweep, name their folders from it, and record it (ganlab.hparams.RunRecord).
     """
-    if not OmegaConf.has_resolver("ganlab_command"):
-        OmegaConf.register_new_resolver("ganlab_command", command_folder, use_cache=True)
+    if not OmegaConf.has_resolver("ganlab_argv"):
+        OmegaConf.register_new_resolver("ganlab_argv", lambda: list(sys.argv), use_cache=True)
+    if not OmegaConf.has_resolver("ganlab_folder"):
+        OmegaConf.register_new_resolver("ganlab_folder", lambda argv: command_folder(list(argv)))
     if not OmegaConf.has_resolver("ganlab_job"):
-        OmegaConf.register_new_resolver("ganlab_job", job_folder)
+        OmegaConf.register_new_resolver("ganlab_job", _job_resolver)
+
+
+def command_argv(cfg: DictConfig) -> list[str]:
+    """The command line that started this run or sweep, as `${ganlab_argv:}` cached it in `cfg` (Hydra's config)."""
+    probe = OmegaConf.create({"argv": "${ganlab_argv:}"})
+    OmegaConf.copy_cache(from_config=cfg, to_config=probe)  # a job's own sys.argv may be a launcher worker's
+    return [str(argument) for argument in probe.argv]
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -98,8 +164,24 @@ def share_machine(device_cfg: DictConfig, jobs: int, job_num: int) -> None:
         torch.cuda.set_device(job_num % torch.cuda.device_count())
 
 
+def remember_command(config: DictConfig) -> None:
+    """Resolve `${ganlab_argv:}` into `config`'s resolver cache, from which Hydra copies it into every job's config.
+
+    Hydra resolves `hydra.sweep.dir` (which uses it) in the launching process, but not when the command sets that
+    key itself; then a joblib or submitit worker would resolve the job's name from its own command line.
+    """
+    probe = OmegaConf.create({"argv": "${ganlab_argv:}"})
+    OmegaConf.copy_cache(from_config=config, to_config=probe)
+    _ = probe.argv  # resolved once here, from sys.argv unless the cache already had it
+    OmegaConf.copy_cache(from_config=probe, to_config=config)
+
+
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, log how many jobs completed and list the ones that diverged or failed."""
+    """Hydra callback: before a multirun, remember its command for the jobs; after it, log how many jobs completed
+    and list the ones that diverged or failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        remember_command(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from ganlab.report import DONE, load_jobs  # the report's reading of a sweep dir, partial sweeps included

@@ -15,12 +15,14 @@ import pytest
 import torch
 import yaml
 from conftest import compose_config, dataset_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ganlab.checkpoint import CHECKPOINT, load_checkpoint
 from ganlab.errors import CheckpointError
+from ganlab.hparams import RunRecord, hparam_values
 from ganlab.monitor import StopSignals, write_json
-from ganlab.sweep import folder_name, named_overrides
-from ganlab.train import hparam_values, objective, record_failure, train
+from ganlab.sweep import folder_name, job_name, named_overrides, swept_overrides
+from ganlab.train import objective, record_failure, train
 
 REPO = Path(__file__).resolve().parents[1]
 # a toy run: fast, no files, and long enough (a few seconds) to be killed part-way
@@ -96,12 +98,39 @@ def test_a_command_names_its_folder_by_its_overrides_in_any_order():
     assert named_overrides(["dataset=folder", "dataset.root=/faces"]) == ["dataset.root=/faces", "dataset=folder"]
 
 
+def test_a_job_is_named_by_what_varies_between_the_jobs():
+    argv = ["ganlab-train", "-m", "experiment=lsgan_mlp_mnist", "loss=lsgan,hinge", "seed=0,1", "train.steps=100"]
+    job = ["experiment=lsgan_mlp_mnist", "loss=hinge", "seed=0", "train.steps=100"]
+    assert job_name(job, argv) == "loss=hinge,seed=0"
+    # a key by its last component where no other swept key ends the same
+    argv = ["ganlab-train", "-m", "train.lr=1e-3,1e-2", "model.width=1,2", "dataset.width=range(3,5)"]
+    job = ["train.lr=1e-3", "model.width=1", "dataset.width=3"]
+    assert job_name(job, argv) == "dataset.width=3,lr=1e-3,model.width=1"
+    # the sweeper's search space (the Optuna preset's) varies in every job, though the command line names none of it
+    params = {"train.lr": "tag(log, interval(1e-5, 1e-2))", "train.batch_size": "choice(32, 64)"}
+    argv = ["ganlab-train", "-m", "hydra/sweeper=fid_search", "loss=hinge"]
+    assert job_name(["loss=hinge", "train.lr=0.001", "train.batch_size=32"], argv, params) == "batch_size=32,lr=0.001"
+
+
+def test_a_long_job_name_is_cut_with_a_hash_so_no_two_jobs_share_one():
+    rates = ["0.000362522370930973", "0.000362522370930974"]
+    argv = ["ganlab-train", "-m", "model.activation=leaky_relu,relu", f"train.lr={','.join(rates)}"]
+    first, second = (["model.activation=leaky_relu", f"train.lr={lr}"] for lr in rates)
+    assert len(job_name(first, argv)) == len(job_name(second, argv)) == 40
+    assert job_name(first, argv) != job_name(second, argv) and job_name(first, argv) == job_name(list(first), argv)
+    assert job_name(first, argv).startswith("activation=leaky_relu,lr=0.000")
+
+
 def test_rerunning_a_finished_run_skips_it_and_changes_nothing(tmp_path):
     cfg = compose_config(TOY + ["train.steps=40"])
     first = train(cfg, tmp_path / "run")
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+
+    def written() -> dict[str, int]:  # the run's files; .lock only names the process that last opened the folder
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.name != ".lock"}
+
+    before = written()
     assert train(cfg, tmp_path / "run") == first
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    assert written() == before
     longer = train(compose_config(TOY + ["train.steps=60"]), tmp_path / "run")  # more steps: there is work left
     assert (longer["status"], longer["step"]) == ("completed", 60)
 
@@ -144,14 +173,14 @@ def test_a_killed_multirun_rerun_does_only_the_missing_work(tmp_path):
     wait_for(lambda: sweeps.exists() and any(sweeps.iterdir()), "the sweep folder")
     (sweep,) = sweeps.iterdir()
 
-    def job(loss: str) -> Path:  # the job's folder, once Hydra has made it
-        return next(sweep.glob(f"*loss={loss},*"), sweep / "not yet")
+    def job(loss: str) -> Path:  # the job's folder: only the loss varies, so only the loss names it
+        return sweep / f"loss={loss}"
 
     wait_for(lambda: (job("bce") / "metrics.json").exists() and checkpoint_step(job("lsgan")) >= 500, "job 2")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     first, second = job("bce"), job("lsgan")
-    assert not (second / "metrics.json").exists() and not any(sweep.glob("*loss=hinge,*/metrics.json"))
+    assert not (second / "metrics.json").exists() and not (job("hinge") / "metrics.json").exists()
     finished = (first / "metrics.json").stat().st_mtime_ns
 
     rerun = ganlab_train(*args, cwd=tmp_path)
@@ -222,10 +251,22 @@ def test_objective_is_the_final_metric_or_infinity():
     assert objective({"status": "completed", "metrics": {"kid": 0.1}}, "fid") == math.inf
 
 
-def test_hparams_hold_the_overridden_keys():
+def test_hparams_hold_the_overridden_keys_with_integers_as_written():
     cfg = compose_config(TOY + ["train.ema_decay=0.5", "model.hidden=32"])
-    values = hparam_values(cfg, None, ["train.ema_decay=0.5", "model.hidden=32", "dataset=ring8"])
-    assert values["train.ema_decay"] == 0.5 and values["model.hidden"] == 32 and values["dataset"] == "Ring"
+    record = RunRecord.from_config(cfg)
+    record.overrides = ["train.ema_decay=0.5", "model.hidden=32", "dataset=ring8"]
+    values = hparam_values(cfg, record)
+    assert values["train.ema_decay"] == 0.5 and values["model.hidden"] == "32" and values["dataset"] == "Ring"
+    assert values["seed"] == "0" and "dataset.image_size" not in values  # the toy's points have no image size
+
+
+def test_a_swept_key_has_one_type_in_every_job():
+    # `0,0.3` gives one job the integer 0: it is written as the float 0.0, like the other job's 0.3
+    swept = swept_overrides(["ganlab-train", "-m", "model.d_dropout=0,0.3"])
+    for value in ("0", "0.3"):
+        record = RunRecord({"model": "mlp"}, [f"model.d_dropout={value}"], swept=swept)
+        written = hparam_values(compose_config(TOY + [f"model.d_dropout={value}"]), record)["model.d_dropout"]
+        assert isinstance(written, float) and written == float(value)
 
 
 def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path, data_root):
@@ -238,7 +279,11 @@ def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path, d
     # the workers name the sweep folder as the launching process does: from its command line, not theirs
     sweep = tmp_path / "outputs" / "sweeps" / folder_name(",".join(named_overrides(args)))
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert len(jobs) == 2 and all("dataset.in_memory=" in job.name for job in jobs)
+    assert [job.name for job in jobs] == ["in_memory=false", "in_memory=true"]
+    # ... and record it as the command of each job, in the TEXT tab
+    command = EventAccumulator(str(jobs[0]))
+    command.Reload()
+    assert "-m " + " ".join(args[:3]) in command.Tensors("command/text_summary")[0].tensor_proto.string_val[0].decode()
     assert [status(job)["status"] for job in jobs] == ["completed", "completed"], [status(job) for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert all(yaml.safe_load((job / "config.yaml").read_text())["device"]["threads"] == threads for job in jobs)
@@ -256,6 +301,8 @@ def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    # named from the launching command, though each job resolves its name in a worker with its own command line
+    assert [job.name for job in jobs] == ["loss=bce", "loss=lsgan"]
     assert [status(job)["status"] for job in jobs] == ["completed", "completed"]
     submitted = [p for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.name.isdigit()]
     assert len(submitted) == 2  # one submitit job (own process id) each
@@ -271,7 +318,6 @@ def test_optuna_minimises_the_objective_over_real_runs(tmp_path):
         "eval.objective=high_quality",
         "hydra/sweeper=optuna",
         "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.direction=maximize",
         "hydra.sweeper.sampler.seed=0",
         "train.lr=tag(log,interval(1e-4,1e-2))",
         "hydra.sweep.dir=sweep",
@@ -279,19 +325,11 @@ def test_optuna_minimises_the_objective_over_real_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())["best_value"]
-    scores = [status(p)["metrics"]["high_quality"] for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
-    assert len(scores) == 3 and best == pytest.approx(max(scores))
-
-
-def test_slurm_preset_requeues_on_time_out():
-    cfg = compose_config(["hydra/launcher=slurm"])  # composing does not submit anything
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        hydra_cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True).hydra
-    assert hydra_cfg.launcher._target_.endswith("SlurmLauncher")
-    assert hydra_cfg.launcher.max_num_timeout > 0 and hydra_cfg.launcher.signal_delay_s >= 60
-    assert cfg.train.resume  # the default: a requeued job continues its checkpoint rather than refusing the folder
+    jobs = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+    scores = [status(job)["metrics"]["high_quality"] for job in jobs]
+    # high_quality is better high: the job returns it negated, so the sweeper minimises whatever the metric
+    assert len(scores) == 3 and best == pytest.approx(-max(scores))
+    assert all(job.name.startswith("lr=") and len(job.name) <= 40 for job in jobs)  # named by the searched key
 
 
 def test_a_run_with_an_edited_config_is_neither_skipped_nor_continued(tmp_path):
@@ -336,13 +374,4 @@ def test_a_stop_signal_checkpoints_at_once_without_evaluating(tmp_path, monkeypa
     monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
     summary = train(compose_config(TOY + ["train.steps=50", "eval.enabled=true"]), tmp_path / "run")
     assert (summary["status"], summary["step"]) == ("stopped by SIGTERM", 7)
-    assert checkpoint_step(tmp_path / "run") == 7 and evaluated == []
-
-
-def test_the_optuna_preset_minimises_fid_with_a_seeded_sampler():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        sweeper = compose("config", overrides=["hydra/sweeper=fid_search"], return_hydra_config=True).hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert sweeper.sampler.seed == 0 and set(sweeper.params) == {"train.lr", "train.batch_size", "train.d_steps"}
+    assert checkpoint_step(tmp_path / "run") == 7 and 7 not in evaluated  # the scheduled ones before 7 may run
