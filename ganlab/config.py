@@ -5,15 +5,24 @@ their `_target_`, and their constructors check their own arguments. The fixed se
 wrong type fails at composition and a wrong range fails in `validate` before anything is built or written.
 """
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig
 
 from ganlab.errors import ConfigError, GanlabError
+
+log = logging.getLogger("ganlab")
+
+_PACKAGE = Path(__file__).resolve().parent
+# The config groups: shipped inside an installed package as ganlab/conf/ (pyproject maps the repository's top-level
+# conf/ there); an editable install or a source checkout reads the repository's conf/ itself.
+CONF_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf"
 
 
 @dataclass
@@ -29,6 +38,7 @@ class TrainConfig:
     g_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # generator Adam betas
     d_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # discriminator Adam betas
     ema_decay: float = 0.0  # exponential moving average of G's weights, sampled beside G; 0 = off
+    ema_rampup: float = 0.25  # the EMA spans at most this share of the updates so far; 0 = ema_decay from the start
     checkpoint_every: int = 1000  # steps between checkpoints; 0 = only at the end
     resume: bool = True  # continue the run dir's checkpoint, skip a finished run; false = error if it has one
 
@@ -44,9 +54,11 @@ class LogConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True  # score samples (FID/KID/coverage, or mode metrics for toy data); false = skip
-    every: int = 0  # steps between evaluations; 0 = only at the end
-    num_samples: int = 10000  # samples per evaluation, per generator (raw and EMA)
-    objective: str = "fid"  # final metric the job returns to a sweeper (optuna); diverged or failed jobs give +inf
+    every: int = 0  # steps between evaluations during training; 0 = `times` evaluations spread over the run
+    times: int = 10  # evaluations over the run (the last one final), by progress in steps or time; 0 = only the final
+    num_samples: int = 10000  # samples of the final evaluation, per generator (raw and EMA)
+    during_samples: int = 2000  # samples of the evaluations before the final one (at most num_samples)
+    objective: str = "fid"  # final metric a job returns to a sweeper, minimised (higher-is-better ones negated)
 
 
 @dataclass
@@ -107,11 +119,14 @@ RULES = [
     ("train.max_seconds", lambda v: v is None or _positive_number(v), "null or a number of seconds > 0"),
     ("train.checkpoint_every", _non_negative_int, "an integer >= 0"),
     ("train.ema_decay", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1), 0 = off"),
+    ("train.ema_rampup", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1], 0 = off"),
     ("log.every", _positive_int, "an integer >= 1"),
     ("log.sample_every", _non_negative_int, "an integer >= 0"),
     ("log.num_samples", _positive_int, "an integer >= 1"),
     ("eval.every", _non_negative_int, "an integer >= 0"),
+    ("eval.times", _non_negative_int, "an integer >= 0"),
     ("eval.num_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    ("eval.during_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
     ("device.type", lambda v: v in DEVICE_TYPES, f"one of {list(DEVICE_TYPES)}"),
     ("device.precision", lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
     ("device.threads", lambda v: v is None or _positive_int(v), "null or an integer >= 1"),
@@ -125,6 +140,25 @@ def validate(cfg: DictConfig) -> None:
         value = cfg[section][name]
         if not check(value):
             raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}.")
+
+
+def resolve_image_size(cfg: DictConfig) -> None:
+    """Fill a null `dataset.image_size`: the dataset's native size, or the nearest size the model can build.
+
+    So `model=dcgan dataset=mnist` trains at 32 px without the user knowing DCGAN's sizes; a size the user set is
+    kept, and one the model cannot build stays the model's own one-sentence error.
+    """
+    if cfg.dataset.image_size is not None:
+        return
+    native = get_class(cfg.dataset._target_).native_size
+    sizes = getattr(get_class(cfg.model._target_), "image_sizes", None)  # None: the model builds any size
+    size = native if sizes is None or native in sizes else min(sizes, key=lambda s: (abs(s - native), s))
+    if size != native:
+        log.info(
+            "%s builds %s px images, not the dataset's %d: training at %d px (set dataset.image_size to choose)",
+            cfg.model._target_.rsplit(".", 1)[-1], "/".join(map(str, sizes)), native, size,
+        )  # fmt: skip
+    cfg.dataset.image_size = size
 
 
 def build(node: DictConfig, key: str, **kwargs):

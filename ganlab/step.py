@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ganlab.config import build
 from ganlab.device import autocast
@@ -63,7 +63,8 @@ def build_gan(cfg: DictConfig, device: torch.device) -> GAN:
         generator, discriminator = torch.compile(generator), torch.compile(discriminator)
     ema = None
     if cfg.train.ema_decay > 0:  # AveragedModel copies G; use_buffers averages BatchNorm statistics too
-        ema = AveragedModel(model.generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+        average = ema_average(cfg.train.ema_decay, cfg.train.ema_rampup)
+        ema = AveragedModel(model.generator, multi_avg_fn=average, use_buffers=True)
     return GAN(
         ema=ema,
         model=model,
@@ -77,6 +78,26 @@ def build_gan(cfg: DictConfig, device: torch.device) -> GAN:
         channels_last=channels_last,
         precision=cfg.device.precision,
     )
+
+
+def ema_average(decay: float, rampup: float) -> Callable:
+    """AveragedModel's update: averaged <- d * averaged + (1 - d) * current, with d = `decay`.
+
+    With `rampup` > 0 the EMA spans at most that share of the updates so far: d = min(decay, 1 - 1 / (rampup * t))
+    after t updates (StyleGAN's ema_rampup, in decay form; TensorFlow's num_updates warm-up is about rampup 0.11).
+    Without it, a decay of 0.9995 still holds 61% of the initial generator after 1,000 steps, so the early samples
+    of a short run show mostly noise. d is computed on the device, so the update needs no sync.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
+        d = (1 - 1 / (rampup * updates)).clamp(0.0, decay) if rampup > 0 else decay
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # integer buffers (BatchNorm's batch counter) are not averaged
+            torch._foreach_copy_(averaged, current)
+
+    return update
 
 
 def discriminator_step(gan: GAN, real: Tensor, z: Tensor, keep_graph: bool) -> tuple[Tensor, dict[str, Tensor]]:
@@ -97,7 +118,8 @@ def discriminator_step(gan: GAN, real: Tensor, z: Tensor, keep_graph: bool) -> t
     (d_loss + sum(penalties.values())).backward()
     gan.d_opt.step()
     gan.regularizer.after_step(gan.model.discriminator)
-    stats = {"Loss/D": d_loss, "D/real": real_logits.mean(), "D/fake": fake_logits.mean()}
+    # named to sort after Loss/ and Metrics/, so TensorBoard shows the losses and scores first
+    stats = {"Loss/D": d_loss, "Output/D_real": real_logits.mean(), "Output/D_fake": fake_logits.mean()}
     stats.update({f"Regularizer/{name}": value for name, value in penalties.items()})
     return fake, stats
 

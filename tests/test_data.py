@@ -98,7 +98,7 @@ def test_loads_through_torchvision(kind, data_root):
     source = instantiate(cfg.dataset)
     assert isinstance(source.checked_open(None), torchvision.datasets.VisionDataset)
     images = source.decode_uint8()
-    size, channels = cfg.dataset.image_size, cfg.dataset.channels
+    size, channels = cfg.dataset.image_size or source.native_size, cfg.dataset.channels  # null: the native size
     assert images.dtype == torch.uint8
     assert tuple(images.shape) == (TRAIN_COUNTS[kind], channels, size, size)
     assert images.float().std() > 10, "the fixture images should not be constant"

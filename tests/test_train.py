@@ -1,12 +1,14 @@
 """The training loop through its real code path: composed configs, real loaders, real event files read back."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import DATASET_KINDS, TOY_KINDS, compose_config, dataset_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.swa_utils import AveragedModel
 
 from ganlab import losses
 from ganlab.checkpoint import CHECKPOINT, PREVIOUS
@@ -23,7 +25,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Small enough for a CPU test, while every layer of every architecture still runs.
 TINY = {
     "mlp": ["model.hidden=16"],
-    "dcgan": ["model.g_width=4", "model.d_width=4", "model.z_dim=8", "dataset.image_size=32"],
+    "dcgan": ["model.g_width=4", "model.d_width=4", "model.z_dim=8"],  # the image size follows the model
 }
 QUICK = [
     "train.steps=2",
@@ -62,7 +64,7 @@ def test_every_model_loss_and_dataset_trains(tmp_path, data_root, model, loss, k
     summary = run(tmp_path, data_root, overrides, kind)
     assert summary["status"] == "completed"
     assert summary["step"] == 2
-    assert set(summary["final"]) >= {"Loss/D", "Loss/G", "D/real", "D/fake", "Speed/images_per_second"}
+    assert set(summary["final"]) >= {"Loss/D", "Loss/G", "Output/D_real", "Output/D_fake", "Speed/images_per_second"}
     assert (tmp_path / "run" / CHECKPOINT).exists()
     assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
 
@@ -91,8 +93,8 @@ def test_tensorboard_holds_scalars_grids_config_and_hparams(tmp_path, data_root)
     for tag in [
         "Loss/D",
         "Loss/G",
-        "D/real",
-        "D/fake",
+        "Output/D_real",
+        "Output/D_fake",
         "Regularizer/gradient_penalty",
         "Speed/steps_per_second",
         "Speed/images_per_second",
@@ -101,7 +103,7 @@ def test_tensorboard_holds_scalars_grids_config_and_hparams(tmp_path, data_root)
     assert {"Samples/real", "Samples/fixed_noise"} <= set(tags["images"])
     assert [i.step for i in accumulator.Images("Samples/fixed_noise")] == [2, 4]
     assert "config/text_summary" in tags["tensors"]
-    assert "Final/Loss/D" in tags["scalars"]
+    assert not any(tag.startswith("Final/") for tag in tags["scalars"])  # HPARAMS reads the runs' own series
     assert set(accumulator.PluginTagToContent("hparams")) == {
         "_hparams_/experiment",
         "_hparams_/session_start_info",
@@ -195,6 +197,70 @@ def test_mlp_discriminator_has_its_own_width_and_dropout():
 def test_dcgan_rejects_an_image_size_it_cannot_make(tmp_path, data_root):
     with pytest.raises(ConfigError, match=r"dataset\.image_size=48.*32, 64"):
         run(tmp_path, data_root, ["model=dcgan", "dataset.image_size=48"])
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_and_loss_trains_on_mnist_with_no_other_override(tmp_path, data_root, model, loss):
+    """The newcomer's first commands: only the group choices, at each model's default size."""
+    overrides = [f"model={model}", f"loss={loss}", f"dataset.root={data_root}"]
+    quick = ["train.steps=2", "train.batch_size=4", "eval.enabled=false", "log.progress=false", "device.threads=1"]
+    cfg = compose_config(overrides + quick)
+    assert train(cfg, tmp_path / "run")["status"] == "completed"
+
+
+def test_dcgan_on_mnist_trains_at_the_nearest_size_it_builds_and_says_so(tmp_path, data_root, caplog):
+    caplog.set_level("INFO", logger="ganlab")
+    run(tmp_path, data_root, ["model=dcgan"] + TINY["dcgan"])
+    assert "image_size: 32" in (tmp_path / "run" / "config.yaml").read_text()
+    said = [r.getMessage() for r in caplog.records if "training at 32 px" in r.getMessage()]
+    assert len(said) == 1 and "28" in said[0]
+    run(tmp_path, data_root, ["model=mlp"], name="mlp")  # a model that builds any size keeps the native 28
+    assert "image_size: 28" in (tmp_path / "mlp" / "config.yaml").read_text()
+
+
+def test_metrics_are_curves_by_default(tmp_path, data_root):
+    """About eval.times evaluations over a run of known length, each before the final one on fewer samples."""
+    run(tmp_path, data_root, ["train.steps=600", "log.every=100", "log.sample_every=0", "eval.during_samples=8"])
+    steps = [s.step for s in events(tmp_path / "run").Scalars("Metrics/fid")]
+    assert steps == list(range(60, 601, 60))
+
+
+def test_a_time_budget_run_gets_its_curve_and_counts_training_time_alone(tmp_path, data_root, monkeypatch):
+    import ganlab.train
+
+    original = ganlab.train.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ganlab.train, "evaluate", slow_evaluate)
+    summary = run(tmp_path, data_root, ["train.steps=10000000", "train.max_seconds=2", "log.every=10"])
+    assert summary["status"] == "time_budget"
+    points = events(tmp_path / "run").Scalars("Metrics/fid")
+    assert len(points) >= 5
+    assert 2 <= summary["seconds"] < 2.5  # the evaluations' 3 s and more are not training time
+    assert summary["eval_seconds"] >= 0.3 * len(points)
+
+
+def test_ema_ramps_up_then_keeps_its_decay():
+    from ganlab.step import ema_average
+
+    generator = torch.nn.Linear(1, 1, bias=False)
+    ramped = [max(0.0, min(0.9, 1 - 1 / (0.5 * t))) for t in range(1, 40)]  # 0, 0, 1/3, 1/2, ..., then 0.9
+    for rampup, decays in [(0.5, ramped), (0.0, [0.9] * 39)]:
+        averaged = AveragedModel(generator, multi_avg_fn=ema_average(0.9, rampup))
+        with torch.no_grad():
+            generator.weight.fill_(0.0)
+        averaged.update_parameters(generator)  # the first update copies G
+        expected = 0.0
+        for step, decay in enumerate(decays, start=1):
+            with torch.no_grad():
+                generator.weight.fill_(float(step))
+            averaged.update_parameters(generator)
+            expected = decay * expected + (1 - decay) * step
+        assert averaged.module.weight.item() == pytest.approx(expected, rel=1e-5), rampup
 
 
 def test_missing_dataset_names_the_files_and_the_key(tmp_path, data_root):
@@ -330,7 +396,8 @@ def test_every_preset_holds_its_exact_recipe(experiment):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_ema_generator_averages_the_generator_and_is_sampled(tmp_path, data_root, model):
-    run(tmp_path, data_root, [f"model={model}", "train.ema_decay=0.9", "train.steps=3"] + TINY[model], name="slow")
+    no_rampup = ["train.ema_decay=0.9", "train.ema_rampup=0", "train.steps=3"]  # else the EMA is still G at step 3
+    run(tmp_path, data_root, [f"model={model}", *no_rampup] + TINY[model], name="slow")
     state = torch.load(tmp_path / "slow" / CHECKPOINT, weights_only=False)
     generator = {k.removeprefix("generator."): v for k, v in state["model"].items() if k.startswith("generator.")}
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -344,3 +411,12 @@ def test_ema_generator_averages_the_generator_and_is_sampled(tmp_path, data_root
     for name, value in state["ema"].items():
         if name.startswith("module.") and value.is_floating_point():  # a decay of ~0 follows G exactly
             torch.testing.assert_close(value, state["model"]["generator." + name.removeprefix("module.")])
+
+
+def test_the_sweep_objective_is_minimised_so_higher_is_better_metrics_are_negated():
+    from ganlab.train import objective
+
+    summary = {"status": "completed", "metrics": {"fid": 12.5, "precision_ema": 0.8}}
+    assert objective(summary, "fid") == 12.5
+    assert objective(summary, "precision_ema") == -0.8
+    assert objective(summary | {"status": "diverged"}, "fid") == float("inf")

@@ -24,6 +24,8 @@ class GANModel(nn.Module):
     output: the generator's output activation, which also sets the data range.
     """
 
+    image_sizes: tuple[int, ...] | None = None  # the image sizes the architecture can build; None = any
+
     def __init__(self, z_dim: int, noise: str, output: str, channels: int, image_size: int):
         super().__init__()
         if z_dim < 1:

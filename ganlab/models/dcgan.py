@@ -46,6 +46,8 @@ class DCGAN(GANModel):
     bias: give every convolution a bias (the WGAN-GP recipe does; the DCGAN recipe does not).
     """
 
+    image_sizes = IMAGE_SIZES
+
     def __init__(
         self,
         channels: int,

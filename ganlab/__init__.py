@@ -1,0 +1,1 @@
+"""ganlab: a Hydra-configured GAN experiment runner. The entry point is `ganlab-train` (ganlab.train.main)."""
