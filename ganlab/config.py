@@ -19,6 +19,13 @@ from ganlab.errors import ConfigError, GanlabError
 
 log = logging.getLogger("ganlab")
 
+# Keys that say how a run executes, not what it computes: they do not name its folder.
+EXECUTION_KEYS = ("dataset.root", "dataset.download", "dataset.workers", "train.resume", "log.progress",
+                  "device.threads")  # fmt: skip
+# Key prefixes a continued run may change besides those: how long it trains, how it logs and scores, where it runs.
+RESUMABLE_KEYS = EXECUTION_KEYS + ("train.steps", "train.max_seconds", "train.checkpoint_every", "log.", "eval.",
+                                   "device", "dataset.in_memory", "dataset.memory_limit_mb")  # fmt: skip
+
 _PACKAGE = Path(__file__).resolve().parent
 # The config groups: shipped inside an installed package as ganlab/conf/ (pyproject maps the repository's top-level
 # conf/ there); an editable install or a source checkout reads the repository's conf/ itself.
@@ -150,8 +157,14 @@ def resolve_image_size(cfg: DictConfig) -> None:
     """
     if cfg.dataset.image_size is not None:
         return
-    native = get_class(cfg.dataset._target_).native_size
-    sizes = getattr(get_class(cfg.model._target_), "image_sizes", None)  # None: the model builds any size
+    try:
+        native = get_class(cfg.dataset._target_).native_size
+        sizes = getattr(get_class(cfg.model._target_), "image_sizes", None)  # None: the model builds any size
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(
+            f"dataset.image_size=null needs the dataset's native size ({type(error).__name__}: {error}): set "
+            f"dataset.image_size, or check dataset._target_ and model._target_."
+        ) from None
     size = native if sizes is None or native in sizes else min(sizes, key=lambda s: (abs(s - native), s))
     if size != native:
         log.info(

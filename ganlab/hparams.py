@@ -21,6 +21,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
+from ganlab.config import RESUMABLE_KEYS
 from ganlab.sweep import command_argv, swept_overrides
 
 GROUPS = ("experiment", "model", "loss", "regularizer", "dataset")  # config groups, named by the option chosen
@@ -29,8 +30,7 @@ FIXED_KEYS = ("seed", "train.batch_size", "train.d_steps", "train.g_lr", "train.
               "dataset.image_size")  # fmt: skip
 # overrides that say how a run is executed, logged or scored, not what it trains: a constant one is in the TEXT tab's
 # command, not an HPARAMS column, where it would push the keys that matter out of the 5 ticked ones (swept, it is one)
-HOW_IT_RUNS = ("train.resume", "train.checkpoint_every", "log.", "eval.", "device", "dataset.root", "dataset.download",
-               "dataset.workers", "dataset.in_memory", "dataset.memory_limit_mb")  # fmt: skip
+HOW_IT_RUNS = tuple(key for key in RESUMABLE_KEYS if key not in ("train.steps", "train.max_seconds"))
 SWEEP_SUMMARY = ".hparams-columns"  # in a sweep folder: names the job whose event file holds the summary
 
 # TensorBoard's hparams have no integer type (only a float64 "number", tensorboard#1998), and the HPARAMS table
@@ -216,7 +216,9 @@ def claim_sweep_summary(sweep_dir: Path, run_dir: Path) -> bool:
     """
     sweep_dir = Path(sweep_dir)
     claim = sweep_dir / SWEEP_SUMMARY
-    scratch = Path(tempfile.mkstemp(dir=sweep_dir, prefix=f"{SWEEP_SUMMARY}-")[1])
+    descriptor, name = tempfile.mkstemp(dir=sweep_dir, prefix=f"{SWEEP_SUMMARY}-")
+    os.close(descriptor)
+    scratch = Path(name)
     try:
         scratch.write_text(Path(run_dir).name)
         os.link(scratch, claim)
@@ -225,6 +227,8 @@ def claim_sweep_summary(sweep_dir: Path, run_dir: Path) -> bool:
         if holds_experiment(sweep_dir / claim.read_text()):
             return False
         scratch.replace(claim)
+        return True
+    except OSError:  # no hard links on this file system: every job writes the summary rather than none
         return True
     finally:
         scratch.unlink(missing_ok=True)

@@ -135,10 +135,15 @@ def read_folder(folder: Path) -> np.ndarray:
             f"{folder} holds no {', '.join(IMAGE_SUFFIXES)} files and no config.yaml: pass a folder of images "
             f"or a run dir."
         )
-    try:
-        images = [Image.open(file) for file in files]
-        mode = "L" if all(image.mode in ("1", "L", "LA") for image in images) else "RGB"
-        arrays = [np.asarray(image.convert(mode)) for image in images]
+    try:  # one file open at a time: a folder of 10,000 samples would exceed the open-file limit
+        arrays = []
+        for file in files:
+            with Image.open(file) as image:
+                gray = image.mode in ("1", "L", "LA")
+                arrays.append(np.asarray(image.convert("L" if gray else "RGB")))
+        mode = "L" if all(array.ndim == 2 for array in arrays) else "RGB"
+        if mode == "RGB":  # a mixed folder: the gray ones become RGB too
+            arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise DataError(f"an image under {folder} cannot be read ({_why(error)}): remove or replace it.") from None
     sizes = {array.shape[:2]: file for array, file in zip(arrays, files, strict=True)}

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab import checkpoint as ckpt
+from ganlab.config import RESUMABLE_KEYS
 from ganlab.errors import CheckpointError, ConfigError, GanlabError
 from ganlab.monitor import write_json
 from ganlab.report import DONE
@@ -52,7 +53,7 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: Path) -> "RunLock":
         """Lock `run_dir` (creating it) for this process, or raise RunDirBusy naming the PID that holds it."""
-        run_dir = Path(run_dir).absolute()
+        run_dir = _key(run_dir)
         if run_dir in cls._held:
             cls._held[run_dir].depth += 1
             return cls._held[run_dir]
@@ -79,7 +80,7 @@ class RunLock:
             ) from None
         previous = _read_holder(fd)
         if previous:
-            _take_over(run_dir, fd, previous)
+            _take_over(run_dir, previous)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
         lock = cls._held[run_dir] = cls(run_dir, fd, created_dir)
@@ -117,36 +118,20 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _key(run_dir: Path | str) -> Path:
+    """The absolute, normalised path (no `..`), as Hydra's runtime.output_dir has it: one key per folder."""
+    return Path(os.path.abspath(run_dir))
 
 
-def _take_over(run_dir: Path, fd: int, previous: dict) -> None:
-    """Take over a lock its holder did not release: warn if it died here; refuse if it may live on another host.
+def _take_over(run_dir: Path, previous: dict) -> None:
+    """Say whose lock this process takes over: the kernel released it, so its holder has ended.
 
-    flock is not honoured across hosts on every network file system, so a live-looking holder elsewhere is not
-    overruled; on this host a live PID means the file system ignored flock, and the folder is busy after all.
+    flock is the authority (the kernel drops it with the process, even on SIGKILL), so no PID or host is second-
+    guessed: a requeued SLURM job on another node must be able to continue its own folder.
     """
     pid, host = previous.get("pid"), previous.get("host")
-    if host != socket.gethostname():
-        os.close(fd)
-        raise RunDirBusy(
-            f"run dir {run_dir} is locked by PID {pid} on host {host}, which this host cannot check: if that run "
-            f"has ended, delete {run_dir / LOCK} and start again."
-        )
-    if pid != os.getpid() and isinstance(pid, int) and _alive(pid):
-        os.close(fd)
-        raise RunDirBusy(
-            f"run dir {run_dir} is in use by PID {pid} on {host}: wait for that run to end, or set hydra.run.dir "
-            f"to another folder."
-        )
-    log.warning("run dir %s: took over the lock left by PID %s, which is no longer running", run_dir, pid)
+    where = "" if host == socket.gethostname() else f" on host {host}"
+    log.warning("run dir %s: took over the lock left by PID %s%s, which is no longer running", run_dir, pid, where)
 
 
 @atexit.register
@@ -180,7 +165,7 @@ class RunDirLock(Callback):
 
 def held_lock(run_dir: Path) -> RunLock | None:
     """This process's lock on `run_dir`, if it holds one."""
-    return RunLock._held.get(Path(run_dir).absolute())
+    return RunLock._held.get(_key(run_dir))
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -210,12 +195,6 @@ def finished_summary(run_dir: Path, cfg: DictConfig) -> dict | None:
     return None
 
 
-# keys a continued run may change: how long it trains, how it logs and evaluates, where it runs and finds the data
-RESUMABLE_CHANGES = ("train.steps", "train.max_seconds", "train.resume", "train.checkpoint_every", "log.", "eval.",
-                     "device.", "dataset.root", "dataset.download", "dataset.workers", "dataset.in_memory",
-                     "dataset.memory_limit_mb")  # fmt: skip
-
-
 def flatten(node, prefix: str = "") -> dict:
     """A nested config as {"train.lr": 0.001, ...}."""
     if isinstance(node, dict):
@@ -226,7 +205,8 @@ def flatten(node, prefix: str = "") -> dict:
 def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
     """Refuse to continue or skip a run whose saved config differs from `cfg` in what it trains.
 
-    Folders are named by the command line, so an edited preset or config file would otherwise find the old run.
+    Folders are named by the command line, so an edited preset or config file would otherwise find the old run. A key
+    the saved config lacks was added by a later ganlab, so a run written before it is continued as it was.
     """
     try:
         saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
@@ -235,8 +215,8 @@ def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
     current = flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = [
         f"{key}: {saved.get(key)} -> {current.get(key)}"
-        for key in sorted(saved.keys() | current.keys())
-        if not key.startswith(RESUMABLE_CHANGES) and saved.get(key) != current.get(key)
+        for key in sorted(saved)
+        if not key.startswith(RESUMABLE_KEYS) and saved[key] != current.get(key)
     ]
     if changed:
         raise CheckpointError(

@@ -23,10 +23,12 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ganlab.config import EXECUTION_KEYS
+
 log = logging.getLogger("ganlab")
 
 # overrides that do not change what a run computes, so they do not name its folder
-UNNAMED_KEYS = ("dataset.root", "train.resume", "log.progress")
+UNNAMED_KEYS = EXECUTION_KEYS
 MAX_NAME = 200  # characters of a folder name (most file systems allow 255); a longer one ends in a hash
 # characters of a job's name: TensorBoard cuts run names to about 25-40 characters in its run list, legends and cards
 MAX_JOB_NAME = 40

@@ -76,10 +76,19 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path, da
     assert len(warnings) == 1 and dead.stdout.strip() in warnings[0]
 
 
-def test_a_lock_from_another_host_is_not_overruled(tmp_path):
+def test_a_lock_left_on_another_host_is_taken_over_since_flock_decides(tmp_path, caplog):
+    """A requeued SLURM job lands on another node: the released lock of its first run must not keep it out."""
     (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "some-other-host"}))
-    with pytest.raises(RunDirBusy, match=r"PID 1 on host some-other-host.*delete"):
-        RunLock.acquire(tmp_path)
+    with RunLock.acquire(tmp_path):
+        assert json.loads((tmp_path / LOCK).read_text())["host"] == socket.gethostname()
+    assert any("PID 1 on host some-other-host" in r.getMessage() for r in caplog.records)
+
+
+def test_the_same_folder_spelt_with_dots_is_one_lock(tmp_path):
+    (tmp_path / "a").mkdir()
+    with RunLock.acquire(tmp_path / "run") as lock:
+        assert RunLock.acquire(tmp_path / "a" / ".." / "run") is lock
+        lock.release()
 
 
 def test_the_lock_is_reentrant_within_a_process(tmp_path):

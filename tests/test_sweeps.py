@@ -139,7 +139,7 @@ def test_the_same_command_continues_in_the_same_run_folder(tmp_path):
     first = ganlab_train(*TOY, "train.steps=30", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
-    assert run_dir.name == "dataset=ring8,device.threads=1,device=cpu,eval.enabled=false,log.every=50,train.steps=30"
+    assert run_dir.name == "dataset=ring8,device=cpu,eval.enabled=false,log.every=50,train.steps=30"  # no threads
     assert (run_dir / "metrics.json").exists()
     again = ganlab_train(*TOY, "train.steps=30", cwd=tmp_path)
     assert again.returncode == 0 and "already completed at step 30: skipped" in again.stdout

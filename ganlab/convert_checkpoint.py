@@ -1,6 +1,6 @@
 """Rewrite checkpoints of an older ganlab (format 1) in the current format, which loads without running code.
 
-    python scripts/convert_checkpoint.py RUN_DIR_OR_FILE
+    python -m ganlab.convert_checkpoint RUN_DIR_OR_FILE
 
 A run dir converts its checkpoint.pt and checkpoint.prev.pt. Format-1 checkpoints pickled numpy's RNG state, so
 reading one takes `torch.load(weights_only=False)`, which runs whatever the file asks for: convert only checkpoints
@@ -18,10 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from ganlab.checkpoint import (  # noqa: E402
+from ganlab.checkpoint import (
     CHECKPOINT,
     FORMAT_1_GLOBALS,
     FORMAT_VERSION,
@@ -30,10 +27,10 @@ from ganlab.checkpoint import (  # noqa: E402
     read_checkpoint,
     unsafe_globals,
 )
-from ganlab.device import plain_rng_state  # noqa: E402
-from ganlab.errors import CheckpointError, GanlabError  # noqa: E402
+from ganlab.device import plain_rng_state
+from ganlab.errors import CheckpointError, GanlabError
 
-USAGE = "usage: python scripts/convert_checkpoint.py RUN_DIR_OR_FILE"
+USAGE = "usage: python -m ganlab.convert_checkpoint RUN_DIR_OR_FILE"
 
 
 def checkpoint_files(target: Path) -> list[Path]:
