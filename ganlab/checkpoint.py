@@ -3,7 +3,7 @@
 A checkpoint holds only tensors, numbers, strings and plain containers (the config as YAML text, the RNG states as
 tensors), so it is read with `torch.load(weights_only=True)`: a run folder from someone else cannot run code when it
 is resumed, sampled or evaluated. Checkpoints of older ganlab versions pickled numpy arrays, which that loader
-refuses; scripts/convert_checkpoint.py rewrites them once, for files the user trusts.
+refuses; ganlab/convert_checkpoint.py rewrites them once, for files the user trusts.
 """
 
 import logging
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 FORMAT_VERSION = 2  # 1: before safe checkpoints (no "format_version" key, pickled numpy RNG state, config as a dict)
-CONVERTER = "scripts/convert_checkpoint.py"
+CONVERTER = "python -m ganlab.convert_checkpoint"
 
 # what a format-1 checkpoint refers to beyond torch's own safe types: numpy's RNG state array (numpy 1 and 2 names)
 FORMAT_1_GLOBALS = {
@@ -46,7 +46,7 @@ class DamagedCheckpoint(CheckpointError):
 
 
 class OlderCheckpoint(CheckpointError):
-    """A checkpoint in format 1, which scripts/convert_checkpoint.py rewrites; like an unsafe one, it does not fall
+    """A checkpoint in format 1, which ganlab/convert_checkpoint.py rewrites; like an unsafe one, it does not fall
     back to the previous checkpoint (which is as old)."""
 
 
@@ -72,7 +72,7 @@ def unsafe_globals(path: Path) -> list[str] | None:
 def _older(path: Path) -> OlderCheckpoint:
     return OlderCheckpoint(
         f"checkpoint {path} was written by an older ganlab, in a format that can run code when loaded: if you "
-        f"trust it, convert it once with `python {CONVERTER} {path.parent}` and run again."
+        f"trust it, convert it once with `{CONVERTER} {path.parent}` and run again."
     )
 
 
@@ -141,9 +141,18 @@ def load_checkpoint(run_dir: Path) -> dict:
             ) from None
 
 
-def training_state(step: int, seconds: float, gan: GAN, fixed_noise: torch.Tensor, cfg: DictConfig, batches) -> dict:
-    """Everything `restore` needs to continue bit for bit: weights, optimisers, EMA, RNG states, the data stream's
-    position, and the config (as YAML text, for people: runs compare configs with their config.yaml)."""
+def training_state(
+    step: int,
+    seconds: float,
+    gan: GAN,
+    fixed_noise: torch.Tensor,
+    fixed_labels: torch.Tensor | None,
+    cfg: DictConfig,
+    batches,
+) -> dict:
+    """Everything `restore` needs to continue bit for bit: weights, optimisers, EMA, RNG states, the fixed noise and
+    its labels (None for an unconditional model), the data stream's position, and the config (as YAML text, for
+    people: runs compare configs with their config.yaml)."""
     return {
         "format_version": FORMAT_VERSION,
         "step": step,
@@ -153,15 +162,16 @@ def training_state(step: int, seconds: float, gan: GAN, fixed_noise: torch.Tenso
         "d_opt": gan.d_opt.state_dict(),
         "ema": gan.ema.state_dict() if gan.ema is not None else None,
         "fixed_noise": fixed_noise.cpu(),
+        "fixed_labels": fixed_labels.cpu() if fixed_labels is not None else None,
         "rng": rng_state(),
         "batches": batches.state_dict(),
         "config": OmegaConf.to_yaml(cfg, resolve=True),
     }
 
 
-def restore(state: dict, gan: GAN, run_dir: Path, batches) -> tuple[int, float, torch.Tensor]:
-    """Load `state` into `gan`, the RNGs and `batches`; returns the step, the training seconds so far and the fixed
-    noise."""
+def restore(state: dict, gan: GAN, run_dir: Path, batches) -> tuple[int, float, torch.Tensor, torch.Tensor | None]:
+    """Load `state` into `gan`, the RNGs and `batches`; returns the step, the training seconds so far, the fixed
+    noise and its labels."""
     try:
         gan.model.load_state_dict(state["model"])
         gan.g_opt.load_state_dict(state["g_opt"])
@@ -175,4 +185,5 @@ def restore(state: dict, gan: GAN, run_dir: Path, batches) -> tuple[int, float, 
         ) from None
     set_rng_state(state["rng"])
     batches.load_state_dict(state["batches"])
-    return state["step"], state["seconds"], state["fixed_noise"]
+    # checkpoints written before labels existed have no "fixed_labels": their models were all unconditional
+    return state["step"], state["seconds"], state["fixed_noise"], state.get("fixed_labels")

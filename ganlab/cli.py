@@ -75,7 +75,7 @@ def sample_command(arguments: list[str]) -> None:
                                         "device": "auto"}, usage)  # fmt: skip
     cfg, model, ema = load_run(Path(target), options["device"])
     weights = options["weights"] or ("ema" if ema is not None else "raw")
-    samples = generate(pick_generator(model, ema, weights), model, int(options["n"]), int(options["seed"]))
+    samples, _ = generate(pick_generator(model, ema, weights), model, int(options["n"]), int(options["seed"]))
     source = build(cfg.dataset, "dataset")
     out = Path(options["out"])
     arrays = {"config": np.array(json.dumps(OmegaConf.to_container(cfg))), "weights": np.array(weights)}

@@ -4,8 +4,12 @@ A dataset config builds an `ImageSource`: it knows where the files are, how torc
 tell the user when they are missing. `make_batches` then picks the data path:
 
 - in memory (the fast path): every image is decoded once to uint8 at the training resolution and kept on the
-  training device; each batch is a random index draw there, scaled to the generator's range on the fly;
+  training device, with its class label; each batch is a random index draw there, scaled to the generator's range
+  on the fly;
 - streaming: a torchvision DataLoader with workers, for datasets too big for memory.
+
+Every path serves batches as `(images, labels)`: `labels` is a long tensor of class indices on the training device
+(for a folder, the index of the image's subfolder), or None for a dataset without labels.
 
 Both paths produce exactly what the torchvision transform Resize -> CenterCrop -> ToTensor -> Normalize gives.
 """
@@ -86,6 +90,14 @@ class ImageSource:
         """The files torchvision looks for, named in the error when they are missing."""
         raise NotImplementedError
 
+    def labels(self, dataset: Dataset) -> Tensor | None:
+        """The class index of every image of the opened `dataset`, in its order, as a long tensor; None if unlabelled.
+
+        torchvision's MNIST, CIFAR10 and ImageFolder all list them in `targets` (ImageFolder: the subfolder index).
+        """
+        targets = getattr(dataset, "targets", None)
+        return None if targets is None else torch.as_tensor(targets, dtype=torch.long)
+
     def native_uint8(self) -> Tensor | None:
         """All images as uint8 (N, C, H, W) straight from the decoded arrays, or None to decode image by image."""
         return None
@@ -157,10 +169,11 @@ class ImageSource:
                 "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
                 len(dataset), size_mb, self.workers,
             )  # fmt: skip
-            return StreamingBatches(dataset, device, batch_size, self.workers, seed)
+            labelled = self.labels(dataset) is not None
+            return StreamingBatches(dataset, device, batch_size, self.workers, seed, labelled)
         images = self.decode_uint8()
         log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
-        return InMemoryBatches(images, device, value_range)
+        return InMemoryBatches(images, device, value_range, self.labels(dataset))
 
     def test_split(self) -> "ImageSource | None":
         """The same dataset's held-out split, which metrics compare samples with; None if it has none."""
@@ -198,7 +211,8 @@ class ImageScores:
     def __init__(self, quality, value_range: tuple[float, float]):
         self.quality, self.value_range = quality, value_range
 
-    def __call__(self, samples: Tensor) -> dict[str, float]:
+    def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """The scores of `samples`; `labels`, the classes they were asked for, are not used by these metrics."""
         return self.quality.compute(to_uint8(samples, self.value_range))
 
 
@@ -312,10 +326,18 @@ class ImageFolder(ImageSource):
 
 
 class InMemoryBatches:
-    """The fast path: uint8 images on the training device, random batches scaled to `value_range` on the fly."""
+    """The fast path: uint8 images on the training device, random batches scaled to `value_range` on the fly.
 
-    def __init__(self, images: Tensor, device: torch.device, value_range: tuple[float, float]):
+    labels: the class index of each image (long, on the device beside the images), or None for unlabelled data.
+    """
+
+    def __init__(
+        self, images: Tensor, device: torch.device, value_range: tuple[float, float], labels: Tensor | None = None
+    ):
+        if labels is not None and len(labels) != len(images):
+            raise DataError(f"the dataset has {len(images)} images but {len(labels)} labels: it is damaged.")
         self.images = images.to(device)
+        self.labels = None if labels is None else labels.to(device, torch.long)
         self.low, self.high = value_range
         self.device = device
 
@@ -330,9 +352,11 @@ class InMemoryBatches:
             x.sub_(0.5).div_(0.5)
         return x
 
-    def next(self, batch_size: int) -> Tensor:
+    def next(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
+        """`batch_size` images drawn with replacement, and their labels: one index draw serves both."""
         index = torch.randint(len(self), (batch_size,), device=self.device)
-        return self.scale(self.images.index_select(0, index))
+        labels = None if self.labels is None else self.labels.index_select(0, index)
+        return self.scale(self.images.index_select(0, index)), labels
 
     def state_dict(self) -> dict:
         """Nothing: the draws come from the global torch RNG, which the checkpoint saves with the others."""
@@ -386,8 +410,11 @@ class StreamingBatches:
     sees exactly the images the uninterrupted run would have seen.
     """
 
-    def __init__(self, dataset: Dataset, device: torch.device, batch_size: int, workers: int, seed: int):
+    def __init__(
+        self, dataset: Dataset, device: torch.device, batch_size: int, workers: int, seed: int, labelled: bool = True
+    ):
         self.device = device
+        self.labelled = labelled  # whether the dataset's labels are served (False: the batches' labels are None)
         self.order = EpochOrder(len(dataset), seed)
         self.loader = DataLoader(
             dataset,
@@ -405,36 +432,38 @@ class StreamingBatches:
         self._size = len(dataset)
         self.epoch, self.position = 0, 0  # the next image served: its epoch, and its place in that epoch's order
         self._iterator: Iterator | None = None  # None: (re)start the loader where `order` points
-        self._leftover: Tensor | None = None  # loaded images not served yet, the stream's next ones
+        self._leftover: tuple[Tensor, Tensor] | None = None  # loaded images and labels not served yet, the next ones
 
     def __len__(self) -> int:
         return self._size
 
-    def _next_loader_batch(self) -> Tensor:
-        """The loader's next batch; at an epoch's end the loader starts the next epoch from its beginning."""
+    def _next_loader_batch(self) -> tuple[Tensor, Tensor]:
+        """The loader's next images and labels; at an epoch's end the loader starts the next epoch afresh."""
         if self._iterator is None:
             self._iterator = iter(self.loader)
         try:
-            images, _ = next(self._iterator)
+            images, labels = next(self._iterator)
         except StopIteration:
             self.order.epoch, self.order.start = self.order.epoch + 1, 0
             self._iterator = iter(self.loader)
-            images, _ = next(self._iterator)
-        return images
+            images, labels = next(self._iterator)
+        return images, torch.as_tensor(labels, dtype=torch.long)
 
-    def next(self, batch_size: int) -> Tensor:
-        """The stream's next `batch_size` images: usually one loader batch, pieced together from several otherwise."""
+    def next(self, batch_size: int) -> tuple[Tensor, Tensor | None]:
+        """The stream's next `batch_size` images and their labels: usually one loader batch, else pieced together."""
         parts, have = [], 0
         if self._leftover is not None:
-            parts, have, self._leftover = [self._leftover], len(self._leftover), None
+            parts, have, self._leftover = [self._leftover], len(self._leftover[0]), None
         while have < batch_size:
             parts.append(self._next_loader_batch())
-            have += len(parts[-1])
-        images = parts[0] if len(parts) == 1 else torch.cat(parts)
+            have += len(parts[-1][0])
+        images, labels = parts[0] if len(parts) == 1 else (torch.cat(part) for part in zip(*parts, strict=True))
         if have > batch_size:
-            images, self._leftover = images[:batch_size], images[batch_size:]
+            self._leftover = images[batch_size:], labels[batch_size:]
+            images, labels = images[:batch_size], labels[:batch_size]
         self.epoch, self.position = divmod(self.epoch * self._size + self.position + batch_size, self._size)
-        return images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True) if self.labelled else None
+        return images.to(self.device, non_blocking=True), labels
 
     def state_dict(self) -> dict:
         """Where the stream is: the epoch of the next image, and how many of that epoch's images were served."""

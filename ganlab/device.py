@@ -55,7 +55,7 @@ def rng_state() -> dict:
 def plain_rng_state(python: tuple, numpy: tuple, cpu: torch.Tensor, cuda: list | None = None) -> dict:
     """`rng_state`'s form of the states that `random.getstate()`, `np.random.get_state()` and torch return.
 
-    The converter of old checkpoints (scripts/convert_checkpoint.py) uses it on the states those checkpoints pickled.
+    The converter of old checkpoints (ganlab/convert_checkpoint.py) uses it on the states those checkpoints pickled.
     """
     version, internal, gauss_next = python
     bit_generator, key, position, has_gauss, cached_gaussian = numpy

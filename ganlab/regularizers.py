@@ -2,8 +2,11 @@
 
 Each regulariser has the same two hooks, which the training loop calls for every discriminator step:
 
-    penalty(discriminator, real, fake) -> dict of named scalar tensors, added to the discriminator loss
+    penalty(discriminator, real, fake, y) -> dict of named scalar tensors, added to the discriminator loss
     after_step(discriminator) -> None, run after the optimiser step (for example weight clipping)
+
+`discriminator` is called as D(x, y); `y` is the real batch's labels (None for unlabelled data or an unconditional
+model, which ignores them).
 """
 
 import torch
@@ -15,7 +18,9 @@ from ganlab.errors import ConfigError
 class Regularizer:
     """No regularisation: the base class, and the `regularizer=none` option."""
 
-    def penalty(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def penalty(
+        self, discriminator: nn.Module, real: Tensor, fake: Tensor, y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         return {}
 
     @torch.no_grad()
@@ -24,7 +29,11 @@ class Regularizer:
 
 
 class GradientPenalty(Regularizer):
-    """WGAN-GP: weight * E[(||grad_x D(x_hat)||_2 - target)^2] at random interpolates of real and fake batches."""
+    """WGAN-GP: weight * E[(||grad_x D(x_hat, y)||_2 - target)^2] at random interpolates of real and fake batches.
+
+    The gradient is taken with respect to the images only, with the labels `y` held fixed: those of the real batch,
+    as StudioGAN's conditional WGAN-GP does.
+    """
 
     def __init__(self, weight: float = 10.0, target: float = 1.0):
         if weight < 0:
@@ -32,10 +41,10 @@ class GradientPenalty(Regularizer):
         self.weight = weight
         self.target = target
 
-    def penalty(self, discriminator, real, fake):
+    def penalty(self, discriminator, real, fake, y=None):
         alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
         interpolates = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-        scores = discriminator(interpolates)
+        scores = discriminator(interpolates, y)
         (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
         norms = gradients.flatten(1).norm(2, dim=1)
         return {"gradient_penalty": self.weight * (norms - self.target).pow(2).mean()}

@@ -2,6 +2,10 @@
 
 `train_step` is shared by the training loop and `scripts/bench.py`, so the benchmark measures exactly the step that
 training runs: `d_steps` discriminator updates, then one generator update on the last fake batch.
+
+Labels travel with every batch: real images come with theirs (`batches.next` gives `(x, y)`), fake ones with the
+labels the latent sampler drew (`model.sample_latent` gives `(z, y)`), and every call is `G(z, y)` or `D(x, y)`.
+A label is None where the data has none or the model is unconditional; the step never asks which.
 """
 
 import logging
@@ -24,15 +28,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GAN:
-    """Everything a training step touches. `generator`/`discriminator` are the modules, compiled when asked."""
+    """Everything a training step touches. `generator`/`discriminator` are the modules, compiled when asked.
+
+    They are called as `generator(z, y)` and `discriminator(x, y)`, with labels y (or None).
+    """
 
     model: GANModel  # owns the parameters and the state dict
     loss: GANLoss
     regularizer: Regularizer
     g_opt: torch.optim.Optimizer
     d_opt: torch.optim.Optimizer
-    generator: Callable[[Tensor], Tensor]
-    discriminator: Callable[[Tensor], Tensor]
+    generator: Callable[[Tensor, Tensor | None], Tensor]
+    discriminator: Callable[[Tensor, Tensor | None], Tensor]
     joint: bool  # one D forward over real and fake together (only without batch-statistics layers)
     channels_last: bool  # conv models run in channels_last memory format
     precision: str  # fp32, or bf16 autocast
@@ -91,29 +98,52 @@ def ema_average(decay: float, rampup: float) -> Callable:
 
     @torch.no_grad()
     def update(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
-        d = (1 - 1 / (rampup * updates)).clamp(0.0, decay) if rampup > 0 else decay
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1 - d)
-        else:  # integer buffers (BatchNorm's batch counter) are not averaged
+        if not torch.is_floating_point(averaged[0]):  # integer buffers (BatchNorm's batch counter) are not averaged
             torch._foreach_copy_(averaged, current)
+        elif rampup > 0:  # a device tensor weight: foreach_lerp_ would read it back to the host, a sync per step
+            weight = 1 - (1 - 1 / (rampup * updates)).clamp(0.0, decay)
+            step = torch._foreach_sub(current, averaged)
+            torch._foreach_mul_(step, weight)
+            torch._foreach_add_(averaged, step)
+        else:
+            torch._foreach_lerp_(averaged, current, 1 - decay)
 
     return update
 
 
-def discriminator_step(gan: GAN, real: Tensor, z: Tensor, keep_graph: bool) -> tuple[Tensor, dict[str, Tensor]]:
-    """One discriminator update on `real` and G(z); returns the fake batch (with G's graph if `keep_graph`), stats."""
+def joint_labels(real_labels: Tensor | None, fake_labels: Tensor | None) -> Tensor | None:
+    """The labels of real and fake batches concatenated, for one joint D forward; None unless both have labels."""
+    if real_labels is None or fake_labels is None:
+        return None
+    return torch.cat([real_labels, fake_labels])
+
+
+def discriminator_step(
+    gan: GAN,
+    real: Tensor,
+    real_labels: Tensor | None,
+    z: Tensor,
+    fake_labels: Tensor | None,
+    keep_graph: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One discriminator update on (`real`, `real_labels`) and (G(z, `fake_labels`), `fake_labels`).
+
+    Returns the fake batch (with G's graph if `keep_graph`) and the step's statistics.
+    """
     if gan.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
     with autocast(real.device, gan.precision):
         with torch.set_grad_enabled(keep_graph):
-            fake = gan.generator(z)
+            fake = gan.generator(z, fake_labels)
         if gan.joint:
-            real_logits, fake_logits = gan.discriminator(torch.cat([real, fake.detach()])).split(real.shape[0])
+            both = gan.discriminator(torch.cat([real, fake.detach()]), joint_labels(real_labels, fake_labels))
+            real_logits, fake_logits = both.split(real.shape[0])
         else:
-            real_logits, fake_logits = gan.discriminator(real), gan.discriminator(fake.detach())
+            real_logits = gan.discriminator(real, real_labels)
+            fake_logits = gan.discriminator(fake.detach(), fake_labels)
         d_loss = gan.loss.d_loss(real_logits.float(), fake_logits.float())
         # the penalty differentiates D twice, which compiled modules do not support: it uses the plain module
-        penalties = gan.regularizer.penalty(gan.model.discriminator, real, fake)
+        penalties = gan.regularizer.penalty(gan.model.discriminator, real, fake, real_labels)
     gan.d_opt.zero_grad(set_to_none=True)
     (d_loss + sum(penalties.values())).backward()
     gan.d_opt.step()
@@ -124,14 +154,14 @@ def discriminator_step(gan: GAN, real: Tensor, z: Tensor, keep_graph: bool) -> t
     return fake, stats
 
 
-def generator_step(gan: GAN, fake: Tensor) -> dict[str, Tensor]:
-    """One generator update on the last discriminator step's fake batch, as the DCGAN reference loop does.
+def generator_step(gan: GAN, fake: Tensor, fake_labels: Tensor | None) -> dict[str, Tensor]:
+    """One generator update on the last discriminator step's fake batch and its labels, as the DCGAN reference does.
 
     D's parameters are frozen for the backward pass: G's update needs gradients through D, not of D's weights.
     """
     gan.model.discriminator.requires_grad_(False)
     with autocast(fake.device, gan.precision):
-        g_loss = gan.loss.g_loss(gan.discriminator(fake).float())
+        g_loss = gan.loss.g_loss(gan.discriminator(fake, fake_labels).float())
     gan.g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
     gan.model.discriminator.requires_grad_(True)
@@ -145,21 +175,21 @@ def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Te
     Returns the step's statistics as device tensors: reading them is left to the caller, so no step syncs.
     """
     for d_step in range(d_steps):
-        real = batches.next(batch_size)  # already on the training device
-        z = gan.model.sample_noise(batch_size, real.device)
-        fake, d_stats = discriminator_step(gan, real, z, keep_graph=d_step == d_steps - 1)
-    g_stats = generator_step(gan, fake)
+        real, real_labels = batches.next(batch_size)  # already on the training device
+        z, fake_labels = gan.model.sample_latent(batch_size, real.device)
+        fake, d_stats = discriminator_step(gan, real, real_labels, z, fake_labels, keep_graph=d_step == d_steps - 1)
+    g_stats = generator_step(gan, fake, fake_labels)
     if gan.ema is not None:
         gan.ema.update_parameters(gan.model.generator)
     return d_stats | g_stats
 
 
 @torch.no_grad()
-def sample_images(generator: torch.nn.Module, noise: Tensor) -> Tensor:
-    """Generator output for `noise` in eval mode (running BatchNorm statistics), without changing any state."""
+def sample_images(generator: torch.nn.Module, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Generator output for `noise` and `labels` in eval mode (running BatchNorm statistics), changing no state."""
     was_training = generator.training
     generator.eval()
-    images = generator(noise)
+    images = generator(noise, labels)
     generator.train(was_training)
     return images
 

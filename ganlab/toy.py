@@ -37,9 +37,13 @@ class Mixture:
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """n points (n, 2) in the mixture's own units."""
+        return self.sample_labelled(n, device)[0]
+
+    def sample_labelled(self, n: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """n points (n, 2) in the mixture's own units, and the index of the mode each was drawn from (its class)."""
         centers = self.centers.to(device)
         index = torch.randint(len(centers), (n,), device=device)
-        return centers[index] + self.std * torch.randn(n, 2, device=device)
+        return centers[index] + self.std * torch.randn(n, 2, device=device), index
 
     def to_range(self, points: Tensor, value_range: tuple[float, float]) -> Tensor:
         """Points in the mixture's units -> the generator's range, shaped (n, 2, 1, 1)."""
@@ -61,8 +65,8 @@ class Mixture:
         return MixtureBatches(self, device, value_range)
 
     def evaluator(self, device: torch.device, value_range: tuple[float, float]):
-        """Scores samples with the mode metrics."""
-        return lambda samples: self.mode_metrics(samples, value_range)
+        """Scores samples with the mode metrics (the labels the samples were asked for are not used)."""
+        return lambda samples, labels=None: self.mode_metrics(samples, value_range)
 
     def picture(self, samples: Tensor, value_range: tuple[float, float], size: int = 256) -> Tensor:
         """A (3, size, size) scatter of `samples` (white) over the mixture's modes (red), for TensorBoard."""
@@ -120,13 +124,17 @@ class Grid(Mixture):
 
 
 class MixtureBatches:
-    """Fresh mixture samples on the training device for every batch, scaled to the generator's range."""
+    """Fresh mixture samples on the training device for every batch, scaled to the generator's range.
+
+    Each batch is `(points, labels)`: a point's label is the index of the mode it was drawn from.
+    """
 
     def __init__(self, mixture: Mixture, device: torch.device, value_range: tuple[float, float]):
         self.mixture, self.device, self.value_range = mixture, device, value_range
 
-    def next(self, batch_size: int) -> Tensor:
-        return self.mixture.to_range(self.mixture.sample(batch_size, self.device), self.value_range)
+    def next(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        points, labels = self.mixture.sample_labelled(batch_size, self.device)
+        return self.mixture.to_range(points, self.value_range), labels
 
     def state_dict(self) -> dict:
         """Nothing: the points come from the global torch RNG, which the checkpoint saves with the others."""

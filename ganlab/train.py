@@ -34,10 +34,13 @@ from ganlab.sweep import parallel_jobs, register_resolvers, share_machine
 log = logging.getLogger("ganlab")
 
 
-def log_samples(monitor: Monitor, source, gan, fixed_noise: torch.Tensor, step: int) -> None:
-    """The fixed-noise sample grids of G and of its EMA at `step`, to TensorBoard and samples/."""
+def log_samples(
+    monitor: Monitor, source, gan, fixed_noise: torch.Tensor, fixed_labels: torch.Tensor | None, step: int
+) -> None:
+    """The fixed-noise sample grids of G and of its EMA at `step` (for the fixed labels, or None), to TensorBoard and
+    samples/."""
     for suffix, generator in generators(gan):
-        picture = source.picture(sample_images(generator, fixed_noise), gan.model.output_range)
+        picture = source.picture(sample_images(generator, fixed_noise, fixed_labels), gan.model.output_range)
         monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, f"{'ema' if suffix else 'step'}_{step:07d}.png")
 
 
@@ -86,7 +89,7 @@ class EvalSchedule:
     def due(self, step: int, clock: Clock) -> bool:
         if self.every:
             return step % self.every == 0
-        mark = math.floor(self.progress(step, clock) * self.times)
+        mark = min(math.floor(self.progress(step, clock) * self.times), self.times - 1)  # the last is the final's
         if mark <= self.done:
             return False
         self.done = mark
@@ -136,20 +139,22 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
     model = gan.model
     source = build(cfg.dataset, "dataset")
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size, cfg.seed)
-    fixed_noise = model.sample_noise(cfg.log.num_samples, device)
+    fixed_noise, fixed_labels = model.sample_latent(cfg.log.num_samples, device)
     evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled else None
 
     start_step, seconds_before = 0, 0.0
     if ckpt.has_checkpoint(run_dir):  # train.resume is true here: a false one raised in open_run
-        start_step, seconds_before, fixed_noise = ckpt.restore(ckpt.load_checkpoint(run_dir), gan, run_dir, batches)
+        state = ckpt.load_checkpoint(run_dir)
+        start_step, seconds_before, fixed_noise, fixed_labels = ckpt.restore(state, gan, run_dir, batches)
         fixed_noise = fixed_noise.to(device)
+        fixed_labels = fixed_labels.to(device) if fixed_labels is not None else None
         log.info("resuming %s from step %d", run_dir, start_step)
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     monitor = Monitor(run_dir, start_step)
     if start_step == 0:
         monitor.start(cfg, record)
-        real_grid = batches.next(cfg.log.num_samples)
+        real_grid, _ = batches.next(cfg.log.num_samples)
         monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
 
     stats = RunningStats()
@@ -161,7 +166,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
     scores: dict[str, float] = {}  # the latest evaluation
     status, step = "completed", start_step
     if start_step >= cfg.train.steps:  # stopped or killed after its last checkpoint, before its summary
-        log_samples(monitor, source, gan, fixed_noise, step)
+        log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
         with clock.evaluating():
             scores = log_scores(monitor, gan, evaluator, cfg.eval.num_samples, cfg.seed, step) if evaluator else {}
     with StopSignals() as stop:
@@ -179,7 +184,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
                 monitor.scalars(last, step)
                 progress.update(step, last)
             if finishing or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
-                log_samples(monitor, source, gan, fixed_noise, step)
+                log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
             if evaluator is not None and (finishing or schedule.due(step, clock)):
                 with clock.evaluating():  # the final evaluation scores its full count, the ones before fewer
                     count = cfg.eval.num_samples if finishing else min(cfg.eval.during_samples, cfg.eval.num_samples)
@@ -188,7 +193,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     status = "diverged"
                     break
-                state = ckpt.training_state(step, clock.seconds(), gan, fixed_noise, cfg, batches)
+                state = ckpt.training_state(step, clock.seconds(), gan, fixed_noise, fixed_labels, cfg, batches)
                 ckpt.save_checkpoint(run_dir, state)
             if reason:
                 status = reason
@@ -203,9 +208,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         "final": last | scores,
         "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
     }
+    write_json(run_dir / "metrics.json", summary)  # first: the run's result must not hang on TensorBoard's extras
     monitor.finish(status, cfg, record, tags=last | scores)  # HPARAMS: the run's status, and the columns once
     monitor.close()
-    write_json(run_dir / "metrics.json", summary)
     log.info("%s at step %d; outputs in %s", status, step, run_dir)
     try:  # a launcher's own handler runs once the checkpoint is safe: submitit requeues the job (and exits) here
         stop.forward()

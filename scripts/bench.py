@@ -66,24 +66,27 @@ def matmul_peak_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> f
     return best
 
 
-def forward_flops(module: torch.nn.Module, example: torch.Tensor) -> float:
-    """FLOPs (2 x MACs) of one forward pass on `example`."""
+def forward_flops(module: torch.nn.Module, example: torch.Tensor, labels: torch.Tensor | None) -> float:
+    """FLOPs (2 x MACs) of one forward pass on `example` and its `labels` (None for an unconditional model)."""
     counter = FlopCounterMode(display=False)
     was_training = module.training
     module.eval()
     with counter, torch.no_grad():
-        module(example)
+        module(example, labels)
     module.train(was_training)
     return float(counter.get_total_flops())
 
 
-def gan_step_flops(generator, discriminator, z: torch.Tensor, batch_size: int, d_steps: int) -> float:
-    """FLOPs of one generator iteration of the recipe (see the module docstring)."""
-    g = forward_flops(generator, z[:1])
+def gan_step_flops(
+    generator, discriminator, z: torch.Tensor, y: torch.Tensor | None, batch_size: int, d_steps: int
+) -> float:
+    """FLOPs of one generator iteration of the recipe (see the module docstring); y: the labels of z, or None."""
+    y = y[:1] if y is not None else None
+    g = forward_flops(generator, z[:1], y)
     with torch.no_grad():
-        image = generator.eval()(z[:1])
+        image = generator.eval()(z[:1], y)
     generator.train()
-    d = forward_flops(discriminator, image)
+    d = forward_flops(discriminator, image, y)
     return batch_size * (d_steps * (g + 6 * d) + 3 * d + 2 * g)
 
 
@@ -126,8 +129,8 @@ def bench_case(name: str, args, device: torch.device, peak: float) -> list[dict]
     else:
         images = batches.images.cpu().numpy() if hasattr(batches, "images") else None
         reference = reference_class(images)
-    z = gan.model.sample_noise(2, device)
-    flops = gan_step_flops(gan.model.generator, gan.model.discriminator, z, batch, d_steps)
+    z, y = gan.model.sample_latent(2, device)
+    flops = gan_step_flops(gan.model.generator, gan.model.discriminator, z, y, batch, d_steps)
 
     contenders = {"ganlab": ganlab_step, "reference": reference.step}
     seconds: dict[str, list[float]] = {key: [] for key in contenders}

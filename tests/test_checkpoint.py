@@ -1,5 +1,5 @@
 """Checkpoints through real runs: they load without running code, a file that smuggles code is refused and never
-run, the older format gets one sentence and converts with scripts/convert_checkpoint.py, and a run resumes bit for
+run, the older format gets one sentence and converts with ganlab/convert_checkpoint.py, and a run resumes bit for
 bit on the streaming data path too. Also the one-line error of a download that cannot reach the network."""
 
 import pathlib
@@ -56,7 +56,7 @@ def assert_same_training_state(a: Path, b: Path) -> None:
 
 
 def convert(target: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "convert_checkpoint.py"), str(target)],
+    return subprocess.run([sys.executable, "-m", "ganlab.convert_checkpoint", str(target)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
@@ -141,7 +141,7 @@ def test_an_old_checkpoint_is_converted_and_the_run_resumes_bit_identically(tmp_
         run(tmp_path, data_root, RESUMABLE + ["train.steps=6"], name="old")
     message = str(refused.value)
     assert one_line(message) and "written by an older ganlab" in message
-    assert f"python scripts/convert_checkpoint.py {run_dir}" in message
+    assert f"python -m ganlab.convert_checkpoint {run_dir}" in message
 
     converted = convert(run_dir)
     assert converted.returncode == 0, converted.stderr
@@ -182,22 +182,22 @@ def test_the_stream_continues_exactly_after_load_state_dict(data_root, workers):
     first.next(40)  # mid-epoch, part of a loader batch left over
     state = first.state_dict()
     assert state == {"epoch": 0, "position": 45}
-    expected = torch.cat([first.next(16) for _ in range(4)])  # across the end of the 64-image epoch
+    expected = torch.cat([first.next(16)[0] for _ in range(4)])  # across the end of the 64-image epoch
     assert first.state_dict() == {"epoch": 1, "position": 45}
     assert torch.equal(torch.get_rng_state(), before)  # the stream leaves the training's RNG alone
 
     second = make_batches(streaming_source(data_root, workers), CPU, (0.0, 1.0), 16, seed=3)
     second.load_state_dict(state)
-    assert torch.equal(torch.cat([second.next(16) for _ in range(4)]), expected)
+    assert torch.equal(torch.cat([second.next(16)[0] for _ in range(4)]), expected)
 
 
 def test_each_epoch_is_its_own_order_of_every_image(data_root):
     batches = make_batches(streaming_source(data_root, 0), CPU, (0.0, 1.0), 16, seed=0)
-    epochs = batches.next(64), batches.next(64)
+    epochs = batches.next(64)[0], batches.next(64)[0]
     assert not torch.equal(*epochs)
     assert sorted(image.numpy().tobytes() for image in epochs[0]) == sorted(i.numpy().tobytes() for i in epochs[1])
     other_seed = make_batches(streaming_source(data_root, 0), CPU, (0.0, 1.0), 16, seed=1)
-    assert not torch.equal(other_seed.next(64), epochs[0])
+    assert not torch.equal(other_seed.next(64)[0], epochs[0])
 
 
 @pytest.mark.parametrize("workers", [0, 1])

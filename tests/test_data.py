@@ -137,7 +137,7 @@ def test_in_memory_serves_exactly_the_decoded_images(case, data_root):
     # and the batches drawn from them cover exactly those images
     torch.manual_seed(0)
     everything = {image.numpy().tobytes() for image in batches.scale(batches.images)}
-    served = {image.numpy().tobytes() for image in batches.next(4096)}  # misses one of <= 80 with p < 1e-20
+    served = {image.numpy().tobytes() for image in batches.next(4096)[0]}  # misses one of <= 80 with p < 1e-20
     assert served == everything
 
 
@@ -155,7 +155,7 @@ def test_in_memory_is_bit_identical_to_the_torchvision_transform(case, value_ran
     low, high = value_range
     assert scaled.min() >= low and scaled.max() <= high
     assert scaled.min() < (low + high) / 2 < scaled.max()
-    drawn = batches.next(5)
+    drawn, _ = batches.next(5)
     assert drawn.shape == (5, *expected.shape[1:])
 
 
@@ -175,12 +175,12 @@ def test_streaming_serves_every_image_once_per_epoch(case, value_range, data_roo
     low, high = value_range
     seen = []
     for _ in range(4):
-        batch = batches.next(batch_size)
+        batch, _ = batches.next(batch_size)
         assert batch.shape == (batch_size, *expected.shape[1:]) and batch.dtype == torch.float32
         assert batch.min() >= low and batch.max() <= high
         seen += [index_of(image, expected) for image in batch]
     assert sorted(seen) == list(range(TRAIN_COUNTS[kind]))
-    next_epoch = batches.next(batch_size)
+    next_epoch, _ = batches.next(batch_size)
     assert next_epoch.shape[0] == batch_size
 
 
@@ -189,7 +189,7 @@ def test_streaming_with_worker_processes(data_root):
     batches = make_batches(source, CPU, (-1.0, 1.0), 16)
     expected = reference_images(source, (-1.0, 1.0))
     for _ in range(5):  # past the end of the first epoch
-        for image in batches.next(16):
+        for image in batches.next(16)[0]:
             index_of(image, expected)
 
 
@@ -197,7 +197,7 @@ def test_streaming_serves_the_number_of_images_asked_for(data_root):
     # train.py draws log.num_samples real images for the sample grid, which may differ from train.batch_size
     source = build_source("mnist", data_root, "dataset.in_memory=false", "dataset.workers=0")
     batches = make_batches(source, CPU, (0.0, 1.0), 16)
-    assert batches.next(5).shape[0] == 5
+    assert batches.next(5)[0].shape[0] == 5
 
 
 def test_streaming_a_dataset_smaller_than_a_batch_is_a_data_error(data_root):

@@ -19,7 +19,7 @@ def mixture(kind: str, *overrides: str):
 def test_real_samples_cover_every_mode(kind, value_range):
     source = mixture(kind)
     torch.manual_seed(0)
-    samples = source.batches(torch.device("cpu"), value_range, 4096).next(4096)
+    samples = source.batches(torch.device("cpu"), value_range, 4096).next(4096)[0]
     assert samples.shape == (4096, 2, 1, 1)
     assert value_range[0] <= samples.min() and samples.max() <= value_range[1]
     metrics = source.mode_metrics(samples, value_range)

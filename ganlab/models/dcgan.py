@@ -9,7 +9,7 @@ import math
 from torch import nn
 
 from ganlab.errors import ConfigError
-from ganlab.models.base import GANModel, output_layer
+from ganlab.models.base import GANModel, Unconditional, output_layer
 
 IMAGE_SIZES = (32, 64)
 
@@ -83,7 +83,7 @@ class DCGAN(GANModel):
             ]
             width //= 2
         g_layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=bias), output_layer(output)]
-        self.generator = nn.Sequential(*g_layers)
+        self.generator = Unconditional(*g_layers)
 
         width = d_width
         d_layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=bias), nn.LeakyReLU(0.2, True)]
@@ -95,5 +95,5 @@ class DCGAN(GANModel):
             ]
             width *= 2
         d_layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=bias), nn.Flatten(0)]
-        self.discriminator = nn.Sequential(*d_layers)
+        self.discriminator = Unconditional(*d_layers)
         self.apply(dcgan_init)

@@ -5,7 +5,7 @@ import math
 from torch import nn
 
 from ganlab.errors import ConfigError
-from ganlab.models.base import GANModel, output_layer
+from ganlab.models.base import GANModel, Unconditional, output_layer
 
 INITS = ("default", "xavier")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
@@ -63,12 +63,12 @@ class MLP(GANModel):
         if init not in INITS:
             raise ConfigError(f"model.init={init!r} is not allowed: use one of {list(INITS)}.")
         pixels = channels * image_size * image_size
-        self.generator = nn.Sequential(
+        self.generator = Unconditional(
             *_mlp([z_dim] + [hidden] * depth + [pixels], activation),
             output_layer(output),
             nn.Unflatten(1, self.image_shape),
         )
-        self.discriminator = nn.Sequential(
+        self.discriminator = Unconditional(
             nn.Flatten(), *_mlp([pixels] + [d_hidden] * depth + [1], activation, d_dropout)
         )
         if init == "xavier":
