@@ -9,10 +9,12 @@ import gzip
 import hashlib
 import pickle
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision
 from PIL import Image
 
@@ -163,3 +165,22 @@ def data_root(tmp_path_factory):
         patch.setattr(cifar, "test_list", [[name, md5[name]] for name, _ in cifar.test_list])
         patch.setattr(cifar, "meta", cifar.meta | {"md5": md5[cifar.meta["filename"]]})
         yield root
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (`pytestmark = pytest.mark.usefixtures("one_thread")`): the machine is shared,
+    and scores must not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll `condition` until it holds, or fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -33,13 +33,7 @@ BLUR = ["blur σ1 (3x3)", "blur σ2 (5x5)"]
 CLASSES = ["only 5 classes", "only 1 class"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared, and the scores must not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: scores must not depend on the thread count
 
 
 # --- precision, recall, density, coverage against the reference implementation ---

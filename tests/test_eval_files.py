@@ -23,12 +23,7 @@ from ganlab.cli import eval_command, eval_main
 IMAGES = fixture_train_images("mnist")  # uint8 (64, 1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: scores must not depend on the thread count
 
 
 def score(path, data_root, capsys, *options) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from conftest import CONF_DIR, compose_config, dataset_overrides
+from conftest import CONF_DIR, compose_config, dataset_overrides, wait_for
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 
@@ -50,14 +50,6 @@ def ganlab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         timeout=300,
         env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
-
-
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

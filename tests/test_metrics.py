@@ -34,13 +34,7 @@ SHIPPED = ("mnist", "fashion_mnist", "cifar10")
 FAST = {"kid_subsets": 10}  # KID subsets per compute: 10 instead of 100 keeps each compute well under a second
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared, and the scores must not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: scores must not depend on the thread count
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import compose_config, dataset_overrides
+from conftest import compose_config, dataset_overrides, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ganlab.checkpoint import CHECKPOINT, load_checkpoint
@@ -45,14 +44,6 @@ def start_train(*args: str, cwd: Path) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-
-
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def checkpoint_step(run_dir: Path) -> int:
