@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 
 from ganlab.checkpoint import load_checkpoint
-from ganlab.config import CONF_DIR, build
+from ganlab.config import CONF_DIR, DEVICE_TYPES, build
 from ganlab.data import ImageSource, to_uint8
 from ganlab.device import resolve_device
 from ganlab.errors import CheckpointError, ConfigError, DataError, GanlabError
@@ -39,6 +39,12 @@ def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[s
         if not _ or (key not in defaults and not key.startswith("dataset.")):
             raise ConfigError(f"{argument!r} is not an option: use key=value with a key from {sorted(defaults)}.")
         options[key] = value
+    for key, minimum, what in (("n", 2, "images"), ("seed", 0, "the sampling seed")):
+        value = options.get(key, "")
+        if value and not (value.isdigit() and int(value) >= minimum):
+            raise ConfigError(f"{key}={value} is not allowed: it must be a whole number >= {minimum} ({what}).")
+    if options.get("device", "auto") not in DEVICE_TYPES:
+        raise ConfigError(f"device={options['device']} is not allowed: use one of {list(DEVICE_TYPES)}.")
     return arguments[0], options
 
 
@@ -184,10 +190,6 @@ def eval_command(arguments: list[str]) -> None:
     usage = ("ganlab-eval <run_dir | .npz | .npy | .pt | image folder | calibrate> [dataset=NAME] [n=...] [seed=0] "
              "[device=auto] [dataset.root=...]")  # fmt: skip
     target, options = parse(arguments, {"n": "", "seed": "0", "device": "auto", "dataset": ""}, usage)
-    if options["n"] and not (options["n"].isdigit() and int(options["n"]) >= 2):
-        raise ConfigError(f"n={options['n']} is not allowed: it must be a whole number >= 2 (images to score).")
-    if not options["seed"].isdigit():
-        raise ConfigError(f"seed={options['seed']} is not allowed: it must be a whole number >= 0.")
     overrides = [f"{key}={value}" for key, value in options.items() if key.startswith("dataset.")]
     path = Path(target)
     if (path / "config.yaml").exists():

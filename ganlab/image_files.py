@@ -162,6 +162,8 @@ def to_uint8_images(array: np.ndarray | Tensor, where: str) -> Tensor:
     found = f"{where} holds {_dtype(array)} values shaped {tuple(array.shape)}"
     if not isinstance(array, Tensor) and array.dtype.kind not in "uif":  # strings, objects, booleans, complex
         raise DataError(f"{found}: {EXPECTED}.")
+    if not isinstance(array, Tensor) and not array.dtype.isnative:  # e.g. a big-endian .npy: torch takes native only
+        array = array.astype(array.dtype.newbyteorder("="))
     images = torch.as_tensor(array)
     if images.dim() == 3:
         images = images.unsqueeze(1)

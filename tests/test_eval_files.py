@@ -51,6 +51,7 @@ LOSSLESS = {
     "npz only array, (N, H, W, 1) float [0, 1]": ("a.npz", lambda p: np.savez(p, gray[..., None] / 255.0)),
     "npy (N, C, H, W) float32 [-1, 1]": ("a.npy", lambda p: np.save(p, (IMAGES / 127.5 - 1).astype(np.float32))),
     "npy (N, H, W) float16 [0, 1]": ("a.npy", lambda p: np.save(p, (gray / 255).astype(np.float16))),
+    "npy (N, H, W) big-endian float32 [0, 1]": ("a.npy", lambda p: np.save(p, (gray / 255).astype(">f4"))),
     "pt tensor (N, C, H, W) uint8": ("a.pt", lambda p: torch.save(torch.from_numpy(IMAGES), p)),
     "pt dict, (N, H, W, 3) float64 [0, 1]": (
         "a.pt", lambda p: torch.save({"images": torch.from_numpy(np.repeat(gray[..., None], 3, -1) / 255.0)}, p)),
@@ -142,3 +143,15 @@ def test_dataset_must_be_named_and_known(data_root, tmp_path):
         process = subprocess.run([sys.executable, "-c", "from ganlab.cli import eval_main; eval_main()",
                                   str(tmp_path / "a.npy"), *options], capture_output=True, text=True)  # fmt: skip
         assert process.returncode == 2 and process.stderr.count("\n") == 1 and phrase in process.stderr
+
+
+@pytest.mark.parametrize("arguments", [["n=abc"], ["seed=-1"], ["device=gpu"]], ids=["n", "seed", "device"])
+def test_bad_options_of_either_command_are_one_line(arguments, tmp_path, monkeypatch, capsys):
+    from ganlab.cli import sample_main
+
+    for main, name in ((eval_main, "ganlab-eval"), (sample_main, "ganlab-sample")):
+        monkeypatch.setattr(sys, "argv", [name, str(tmp_path), *arguments])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        error = capsys.readouterr().err
+        assert exited.value.code == 2 and error.count("\n") == 1 and arguments[0].split("=")[0] in error, error
