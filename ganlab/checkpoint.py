@@ -158,9 +158,11 @@ def training_state(
         "step": step,
         "seconds": seconds,
         "model": gan.model.state_dict(),
+        "num_classes": gan.model.num_classes,  # what a conditional model was built for (0 = unconditional)
         "g_opt": gan.g_opt.state_dict(),
         "d_opt": gan.d_opt.state_dict(),
         "ema": gan.ema.state_dict() if gan.ema is not None else None,
+        "schedulers": [scheduler.state_dict() for scheduler in gan.schedulers],
         "fixed_noise": fixed_noise.cpu(),
         "fixed_labels": fixed_labels.cpu() if fixed_labels is not None else None,
         "rng": rng_state(),
@@ -178,6 +180,11 @@ def restore(state: dict, gan: GAN, run_dir: Path, batches) -> tuple[int, float, 
         gan.d_opt.load_state_dict(state["d_opt"])
         if gan.ema is not None:
             gan.ema.load_state_dict(state["ema"])
+        schedules = state.get("schedulers", [])  # none before learning-rate schedules existed: all were constant
+        if len(schedules) != len(gan.schedulers):
+            raise ValueError("the learning-rate schedule differs")
+        for scheduler, schedule in zip(gan.schedulers, schedules, strict=True):
+            scheduler.load_state_dict(schedule)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):
         raise CheckpointError(
             f"the checkpoint in {run_dir} was written by a different model or optimiser config: resume "

@@ -1,6 +1,6 @@
 """`ganlab-sample` and `ganlab-eval`: draw samples from a run, score runs or anyone's images, and calibrate the scores.
 
-    ganlab-sample <run_dir> n=10000 out=samples.npz weights=ema
+    ganlab-sample <run_dir> n=10000 [class=K] out=samples.npz weights=ema
     ganlab-eval <run_dir> [n=10000] [dataset.root=../shared/data]
     ganlab-eval <samples.npz | .npy | .pt | image folder> [dataset=mnist] [dataset.root=...] [n=all]
     ganlab-eval calibrate dataset=mnist [dataset.root=...] [n=5000]
@@ -27,6 +27,8 @@ from ganlab.device import resolve_device
 from ganlab.errors import CheckpointError, ConfigError, DataError, GanlabError
 from ganlab.evaluate import evaluate, generate
 from ganlab.image_files import open_samples, to_uint8_images
+from ganlab.models.base import OUTPUT_RANGES
+from ganlab.step import build_model
 
 
 def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[str, dict[str, str]]:
@@ -54,8 +56,8 @@ def load_run(run_dir: Path, device_type: str):
         raise ConfigError(f"{run_dir} is not a ganlab run dir: it has no config.yaml; pass the folder of a run.")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     device = resolve_device(OmegaConf.create({"type": device_type, "threads": None}))
-    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size)
     state = load_checkpoint(run_dir)
+    model = build_model(cfg, state.get("num_classes", 0))  # older checkpoints: all unconditional
     try:
         model.load_state_dict(state["model"])
         ema = None
@@ -75,16 +77,34 @@ def pick_generator(model, ema, weights: str) -> torch.nn.Module:
     return ema if weights == "ema" else model.generator
 
 
+def asked_labels(option: str, model, n: int, run_dir: Path) -> torch.Tensor | None:
+    """The class of each of n samples: `class=K` alone, or (None) every class equally often; None unconditional."""
+    if not option:
+        return None
+    if model.num_classes == 0:
+        raise ConfigError(
+            f"class={option}: the run {run_dir} is unconditional (model.conditional=false), so its samples have no "
+            f"class to ask for: drop class=."
+        )
+    if not (option.isdigit() and int(option) < model.num_classes):
+        raise ConfigError(f"class={option} is not a class of the run {run_dir}: use 0 to {model.num_classes - 1}.")
+    return torch.full((n,), int(option), dtype=torch.long)
+
+
 def sample_command(arguments: list[str]) -> None:
-    usage = "ganlab-sample <run_dir> [n=10000] [out=samples.npz] [weights=ema|raw] [seed=0] [device=auto]"
-    target, options = parse(arguments, {"n": "10000", "out": "samples.npz", "weights": "", "seed": "0",
+    usage = "ganlab-sample <run_dir> [n=10000] [class=K] [out=samples.npz] [weights=ema|raw] [seed=0] [device=auto]"
+    target, options = parse(arguments, {"n": "10000", "class": "", "out": "samples.npz", "weights": "", "seed": "0",
                                         "device": "auto"}, usage)  # fmt: skip
     cfg, model, ema = load_run(Path(target), options["device"])
+    n = int(options["n"])
+    labels = asked_labels(options["class"], model, n, Path(target))
     weights = options["weights"] or ("ema" if ema is not None else "raw")
-    samples, _ = generate(pick_generator(model, ema, weights), model, int(options["n"]), int(options["seed"]))
+    samples, labels = generate(pick_generator(model, ema, weights), model, n, int(options["seed"]), labels)
     source = build(cfg.dataset, "dataset")
     out = Path(options["out"])
     arrays = {"config": np.array(json.dumps(OmegaConf.to_container(cfg))), "weights": np.array(weights)}
+    # the class each sample was asked for; -1 where none was (an unconditional run)
+    arrays["labels"] = (labels.cpu() if labels is not None else torch.full((n,), -1)).numpy()
     if hasattr(source, "mode_metrics"):
         arrays["points"] = source.from_range(samples.cpu(), model.output_range).numpy()
     else:
@@ -122,7 +142,11 @@ def image_quality(source, device: torch.device):
 
 
 def scores_of_file(path: Path, options: dict[str, str], overrides: list[str], device: torch.device) -> dict:
-    """Metrics of a file or folder of images (or of a `ganlab-sample` file of points) against its dataset."""
+    """Metrics of a file or folder of images (or of a `ganlab-sample` file of points) against its dataset.
+
+    A file with `labels` (the classes its images were asked for) is also scored on them: accuracy, accuracy_min
+    and intra_fid (ganlab.metrics), or accuracy and accuracy_min for points.
+    """
     samples = open_samples(path)
     if options["dataset"]:
         dataset = dataset_config(options["dataset"], overrides)
@@ -135,20 +159,44 @@ def scores_of_file(path: Path, options: dict[str, str], overrides: list[str], de
     source = build(dataset, "dataset")
     count = int(options["n"]) if options["n"] else None
     if samples.key == "points":
-        return scores_of_points(samples, source, count, device)
+        return scores_of_points(path, samples, source, count, device)
     images = to_uint8_images(samples.array, f"{path}{f' ({samples.key})' if samples.key else ''}")[:count]
-    return image_quality(source, device).compute(images)
+    quality = image_quality(source, device)
+    labels = file_labels(path, samples, count, quality.reference_classes, f"dataset {source.name}'s test split")
+    return quality.compute(images, labels)
 
 
-def scores_of_points(samples, source, count: int | None, device: torch.device) -> dict:
-    """Mode metrics of the 2-D points a `ganlab-sample` file of a toy dataset holds."""
+def file_labels(path: Path, samples, count: int | None, classes, whose: str) -> torch.Tensor | None:
+    """The file's labels as a long tensor (its first `count`), checked against `classes`; None if it has none.
+
+    -1 (no class asked) is always allowed. Without known classes (a test split without labels) nothing is checked:
+    the class metrics are then left out.
+    """
+    if samples.labels is None:
+        return None
+    labels = torch.as_tensor(samples.labels, dtype=torch.long)[:count]
+    unknown = sorted(set(labels.unique().tolist()) - set(classes) - {-1})
+    if unknown and classes:
+        raise DataError(
+            f"{path} has the labels {_few(unknown)}, which are not classes of {whose} ({_few(sorted(classes))}): "
+            f"use those, or -1 for an image asked for no class."
+        )
+    return labels
+
+
+def _few(values: list[int], most: int = 10) -> str:
+    return ", ".join(map(str, values[:most])) + (", ..." if len(values) > most else "")
+
+
+def scores_of_points(path: Path, samples, source, count: int | None, device: torch.device) -> dict:
+    """Mode metrics of the 2-D points a `ganlab-sample` file of a toy dataset holds (with `labels`: accuracy too)."""
     if samples.config is None or isinstance(source, ImageSource):
         raise DataError("a file of 2-D points is scored only against the toy dataset that `ganlab-sample` recorded.")
-    cfg = OmegaConf.create(samples.config)
-    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size)
-    evaluator = source.evaluator(device, model.output_range)
-    points = source.to_range(torch.as_tensor(samples.array)[:count], model.output_range)
-    return evaluator(points.to(device))
+    value_range = OUTPUT_RANGES[OmegaConf.create(samples.config).model.output]  # the range the points were made in
+    evaluator = source.evaluator(device, value_range)
+    points = source.to_range(torch.as_tensor(samples.array)[:count], value_range)
+    labels = file_labels(path, samples, count, range(source.num_classes), f"dataset {source.name}")
+    return evaluator(points.to(device), None if labels is None else labels.to(device))
 
 
 def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) -> dict[str, float]:

@@ -44,6 +44,7 @@ class TrainConfig:
     d_lr: float = "${train.lr}"  # type: ignore[assignment]  # discriminator Adam learning rate
     g_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # generator Adam betas
     d_betas: list[float] = "${train.betas}"  # type: ignore[assignment]  # discriminator Adam betas
+    lr_schedule: str = "constant"  # constant, or linear: both learning rates fall linearly to 0 at `steps`
     ema_decay: float = 0.0  # exponential moving average of G's weights, sampled beside G; 0 = off
     ema_rampup: float = 0.25  # the EMA spans at most this share of the updates so far; 0 = ema_decay from the start
     checkpoint_every: int = 1000  # steps between checkpoints; 0 = only at the end
@@ -95,6 +96,7 @@ def register_configs() -> None:
 
 
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "linear")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -125,6 +127,7 @@ RULES = [
     ("train.d_betas", _betas, "two numbers in [0, 1)"),
     ("train.max_seconds", lambda v: v is None or _positive_number(v), "null or a number of seconds > 0"),
     ("train.checkpoint_every", _non_negative_int, "an integer >= 0"),
+    ("train.lr_schedule", lambda v: v in LR_SCHEDULES, f"one of {list(LR_SCHEDULES)}"),
     ("train.ema_decay", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1), 0 = off"),
     ("train.ema_rampup", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1], 0 = off"),
     ("log.every", _positive_int, "an integer >= 1"),

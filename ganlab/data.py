@@ -98,6 +98,12 @@ class ImageSource:
         targets = getattr(dataset, "targets", None)
         return None if targets is None else torch.as_tensor(targets, dtype=torch.long)
 
+    @property
+    def num_classes(self) -> int:
+        """How many classes the labels run over (a conditional model's classes); 0 for a dataset without labels."""
+        dataset = self.checked_open(None)
+        return len(getattr(dataset, "classes", None) or []) if self.labels(dataset) is not None else 0
+
     def native_uint8(self) -> Tensor | None:
         """All images as uint8 (N, C, H, W) straight from the decoded arrays, or None to decode image by image."""
         return None
@@ -182,7 +188,11 @@ class ImageSource:
         return test
 
     def evaluator(self, device: torch.device, value_range: tuple[float, float]):
-        """Scores samples against the test split with this dataset's feature net, or None when it has none."""
+        """Scores samples against the test split with this dataset's feature net, or None when it has none.
+
+        The test split's labels go with its images, so samples of a class-conditional model are also scored on
+        whether they show the class asked for (accuracy, intra-FID; see `ganlab.metrics`).
+        """
         test = self.test_split()
         if self.feature_net is None or test is None:
             log.info("no sample-quality metrics for dataset %s: it names no feature net or test split", self.name)
@@ -190,13 +200,16 @@ class ImageSource:
         from ganlab.features import load_feature_net
         from ganlab.metrics import SampleQuality  # torchmetrics loads only when metrics are asked for
 
-        return ImageScores(
-            SampleQuality(load_feature_net(self.feature_net), test.decode_uint8().to(device)), value_range
-        )
+        images = test.decode_uint8().to(device)
+        labels = test.labels(test.checked_open(None))
+        quality = SampleQuality(load_feature_net(self.feature_net), images, reference_labels=labels)
+        return ImageScores(quality, value_range)
 
-    def picture(self, images: Tensor, value_range: tuple[float, float]) -> Tensor:
-        """A (3, H, W) grid of `images` for TensorBoard and PNG files."""
-        return make_grid(images.detach().float().cpu(), nrow=8, normalize=True, value_range=tuple(value_range))
+    def picture(self, images: Tensor, value_range: tuple[float, float], labels: Tensor | None = None) -> Tensor:
+        """A (3, H, W) grid of `images` for TensorBoard and PNG files, 8 wide; with the `labels` of a conditional
+        model's grid (`GANModel.grid_latent`, class-major), one row per class."""
+        columns = 8 if labels is None else int((labels == labels[0]).sum())
+        return make_grid(images.detach().float().cpu(), nrow=columns, normalize=True, value_range=tuple(value_range))
 
 
 def to_uint8(samples: Tensor, value_range: tuple[float, float]) -> Tensor:
@@ -212,8 +225,9 @@ class ImageScores:
         self.quality, self.value_range = quality, value_range
 
     def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
-        """The scores of `samples`; `labels`, the classes they were asked for, are not used by these metrics."""
-        return self.quality.compute(to_uint8(samples, self.value_range))
+        """The scores of `samples`; with `labels`, the classes they were asked for, also accuracy, accuracy_min and
+        intra_fid (None, or all -1, for an unconditional model: the scores are then the unconditional ones)."""
+        return self.quality.compute(to_uint8(samples, self.value_range), labels)
 
 
 # what torchvision and PIL raise for missing, truncated or corrupt files
@@ -254,6 +268,7 @@ class MNIST(TorchvisionSource):
 
     name = "mnist"
     native_size = 28
+    num_classes = 10
     dataset_class = torchvision.datasets.MNIST
 
     def __init__(self, root: str, image_size: int | None = None, channels: int = 1, **options):
@@ -281,6 +296,7 @@ class CIFAR10(TorchvisionSource):
 
     name = "cifar10"
     native_size = 32
+    num_classes = 10
     dataset_class = torchvision.datasets.CIFAR10
 
     def __init__(self, root: str, image_size: int | None = None, channels: int = 3, **options):
@@ -312,6 +328,14 @@ class ImageFolder(ImageSource):
 
     def open(self, transform):
         return torchvision.datasets.ImageFolder(str(self.root), transform=transform)
+
+    @property
+    def num_classes(self) -> int:
+        """The class subfolders of `root`, found without reading an image."""
+        try:
+            return len(torchvision.datasets.folder.find_classes(str(self.root))[0])
+        except READ_ERRORS as error:
+            raise self._data_error(error) from None
 
     def test_split(self):
         """The folder `test_root` names (same layout), or None."""

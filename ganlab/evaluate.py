@@ -14,23 +14,32 @@ from ganlab.models.base import GANModel
 
 @torch.no_grad()
 def generate(
-    generator: torch.nn.Module, model: GANModel, n: int, seed: int, batch_size: int = 1000
+    generator: torch.nn.Module,
+    model: GANModel,
+    n: int,
+    seed: int,
+    labels: Tensor | None = None,
+    batch_size: int = 1000,
 ) -> tuple[Tensor, Tensor | None]:
-    """n samples of `generator` in eval mode and the labels they were asked for (None if unconditional), from latent
-    vectors seeded by `seed`, without touching the training RNG."""
+    """n samples of `generator` in eval mode and the labels they were asked for, from latent vectors seeded by
+    `seed`, without touching the training RNG.
+
+    labels: the class of each sample; None = every class equally often (`GANModel.balanced_labels`), or None for
+    an unconditional model.
+    """
     device = next(generator.parameters()).device
     devices = [device] if device.type == "cuda" else []
+    labels = model.balanced_labels(n, device) if labels is None else labels.to(device)
     was_training = generator.training
     generator.eval()
-    samples, labels = [], []
+    samples = []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for chunk in torch.arange(n).split(batch_size):
-            z, y = model.sample_latent(len(chunk), device)
+        for chunk in torch.arange(n, device=device).split(batch_size):
+            z, y = model.sample_latent(len(chunk), device, None if labels is None else labels[chunk])
             samples.append(generator(z, y))
-            labels.append(y)
     generator.train(was_training)
-    return torch.cat(samples), (None if labels[0] is None else torch.cat(labels))
+    return torch.cat(samples), labels
 
 
 def evaluate(named_generators, model: GANModel, evaluator, num_samples: int, seed: int) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 Accepted files: `.npz` (the key `images`, or its only array), `.npy`, `.pt` (a tensor, or a dict with `images`),
 or a folder of PNG/JPEG files (searched recursively). Accepted values: uint8 (0-255), or float in [0, 1] or
-[-1, 1]; accepted layouts: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3.
+[-1, 1]; accepted layouts: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3. An .npz or a .pt dict may hold
+`labels` beside the images: the class each image was asked for, N integers (-1 = none), which `ganlab-sample`
+always writes; with them, the images of a class-conditional generator are scored on their classes too.
 
 The value range is read from the dtype and the values, never assumed from where the file came from: uint8 is
 0-255; float whose values all lie in [0, 1] is [0, 1], float with negative values down to -1 is [-1, 1]. So a
@@ -26,7 +28,7 @@ from ganlab.data import to_uint8
 from ganlab.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-METADATA_KEYS = ("config", "weights")  # what `ganlab-sample` stores beside its images: not image arrays
+METADATA_KEYS = ("config", "weights", "labels")  # what `ganlab-sample` stores beside its images: not image arrays
 RANGE_SLACK = 1e-3  # float values this far past 0, 1 or -1 still count as in range (rounding in a generator's output)
 EXPECTED = (
     "ganlab-eval expects images shaped (N, H, W), (N, C, H, W) or (N, H, W, C) with C 1 or 3 and N >= 2, as uint8 "
@@ -39,11 +41,13 @@ class SampleFile:
     """What a samples file holds: its array, the key it was under, and the ganlab config stored with it, if any.
 
     key: `images`, `points` (a `ganlab-sample` file of a 2-D toy dataset), another .npz key, or "" for a whole file.
+    labels: the class each image (or point) was asked for, int64 (N,), -1 where none was; None if the file has none.
     """
 
     array: np.ndarray | Tensor
     key: str
     config: dict | None = None
+    labels: np.ndarray | None = None
 
 
 def open_samples(path: Path) -> SampleFile:
@@ -62,7 +66,7 @@ def open_samples(path: Path) -> SampleFile:
 
 
 def read_npz(path: Path) -> SampleFile:
-    """The `images` array of an .npz (or `points`, or its only array) and its `config` entry, if any."""
+    """The `images` array of an .npz (or `points`, or its only array) and its `config` and `labels` entries, if any."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -80,7 +84,7 @@ def read_npz(path: Path) -> SampleFile:
             f"{path} holds {found}: save the images as its only array, or under the key images "
             f"(numpy.savez(path, images=...))."
         )
-    return SampleFile(arrays[key], key, config)
+    return SampleFile(arrays[key], key, config, _labels(path, arrays.get("labels"), arrays[key]))
 
 
 def _config(path: Path, entry: np.ndarray | None) -> dict | None:
@@ -99,6 +103,28 @@ def _config(path: Path, entry: np.ndarray | None) -> dict | None:
         ) from None
 
 
+def _labels(path: Path, entry, images: np.ndarray | Tensor) -> np.ndarray | None:
+    """The `labels` entry as int64 (N,), checked against the N images beside it; None if the file has none."""
+    if entry is None:
+        return None
+    labels = np.asarray(entry.cpu() if isinstance(entry, Tensor) else entry)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"{path} has labels of {labels.dtype} values shaped {labels.shape}: save one integer class per image "
+            f"(-1 for an image asked for no class) under the key labels."
+        )
+    if labels.size and labels.min() < -1:
+        raise DataError(
+            f"{path} has the label {labels.min()}: a label is a class index from 0, or -1 for an image asked for "
+            f"no class."
+        )
+    if images.ndim >= 1 and len(labels) != len(images):
+        raise DataError(
+            f"{path} has {len(labels)} labels for {len(images)} images: save one label per image (-1 for none)."
+        )
+    return labels.astype(np.int64)
+
+
 def read_npy(path: Path) -> SampleFile:
     try:
         return SampleFile(np.load(path, allow_pickle=False), "")
@@ -107,7 +133,7 @@ def read_npy(path: Path) -> SampleFile:
 
 
 def read_pt(path: Path) -> SampleFile:
-    """A tensor saved with torch.save, or the `images` tensor of a saved dict; loaded with weights_only=True."""
+    """A tensor saved with torch.save, or the `images` (and `labels`) of a saved dict; loaded with weights_only=True."""
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
@@ -115,8 +141,9 @@ def read_pt(path: Path) -> SampleFile:
             f"{path} is not a .pt file that loads with torch.load(weights_only=True) ({_why(error)}): save a tensor "
             f"(or a dict with an images tensor) with torch.save."
         ) from None
+    labels = None
     if isinstance(content, dict) and "images" in content:
-        content = content["images"]
+        content, labels = content["images"], content.get("labels")
     elif isinstance(content, dict):
         raise DataError(
             f"{path} holds a dict with the keys {', '.join(map(str, content)) or 'none'} and no images: save the "
@@ -124,7 +151,7 @@ def read_pt(path: Path) -> SampleFile:
         )
     if not isinstance(content, Tensor):
         raise DataError(f"{path} holds a {type(content).__name__}, not a tensor: save the images as a tensor.")
-    return SampleFile(content, "images")
+    return SampleFile(content, "images", labels=_labels(path, labels, content))
 
 
 def read_folder(folder: Path) -> np.ndarray:

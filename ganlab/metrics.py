@@ -15,6 +15,20 @@ dataset's test split; the reference statistics are computed then and reused by e
 - `kl_uniform`: KL(p || uniform) of the histogram of predicted classes, 0 when balanced, log 10 = 2.30 for one class.
 - `confidence`: the mean max softmax probability: low when the images look like no class at all.
 
+A class-conditional generator is asked for a class per image; `compute(generated, labels)` then also measures
+whether it gives the class asked for, in the same embedding pass (the reference images' labels must be known):
+
+- `accuracy`: for each class asked for, the share of its images the net classifies as that class, averaged over
+  the classes (so every class weighs the same, however many images asked for it). A generator that ignores its
+  label scores about 1/10; real images with their true labels score about the net's own accuracy (99% on MNIST).
+- `accuracy_min`: the lowest of those per-class shares: the class the generator renders worst.
+- `intra_fid`: the FID of each class's generated images against the same class's reference images, averaged over
+  the classes asked for (Miyato & Koyama 2018). It sees a generator that draws good images of the wrong class,
+  which the overall FID cannot. Each class has only its share of the images (1/10 of the set), and FID is biased
+  upwards for small sets, so intra-FID sits well above the overall FID of the same images; compare it only between
+  runs with the same number of images per class. Classes with fewer than 2 generated or 2 reference images are
+  left out (nan when none is left).
+
 Inception-V3 FID, the number papers report, is `inception_fid`; it needs torch-fidelity and its weights, and
 returns None (with one log line) where they cannot be had. `real_floor` gives the real-vs-real score.
 """
@@ -49,6 +63,8 @@ class SampleQuality:
     `kid_subsets` random subsets of `kid_subset_size` images of each side (clamped to the smaller side's size).
     seed: seeds KID's subset draws, in a forked RNG: the scores are repeatable and the caller's RNG is untouched.
     nearest_k: the k of precision, recall, density and prdc_coverage (`ganlab.manifold`).
+    reference_labels: the class of each reference image (long, one per image), or None when they are unknown;
+    with them, `compute` measures class-conditional samples too (accuracy, accuracy_min, intra_fid).
     """
 
     def __init__(
@@ -60,8 +76,14 @@ class SampleQuality:
         kid_subset_size: int = 1000,
         seed: int = 0,
         nearest_k: int = NEAREST_K,
+        reference_labels: Tensor | None = None,
     ):
         _check_images(reference, "reference")
+        if reference_labels is not None and tuple(reference_labels.shape) != (len(reference),):
+            raise ValueError(
+                f"reference_labels must hold one class per reference image ({len(reference)}), got the shape "
+                f"{tuple(reference_labels.shape)}."
+            )
         # FID keeps float64 sums, which Apple's MPS cannot hold: score there on the CPU
         self.device = torch.device("cpu") if reference.device.type == "mps" else reference.device
         self.net = net.to(self.device).eval().requires_grad_(False)
@@ -77,12 +99,23 @@ class SampleQuality:
                 feature=extractor, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False
             ).to(self.device)
         self.num_reference = len(reference)
+        # one FID per class for intra_fid, its real side filled below from the same embeddings, once
+        self.class_fid: dict[int, FrechetInceptionDistance] = {}
+        if reference_labels is not None:
+            reference_labels = reference_labels.to(self.device, torch.long)
+            self.class_fid = {
+                k: FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(self.device)
+                for k in reference_labels.unique().tolist()
+            }
+        self.reference_classes = set(self.class_fid)
         with torch.no_grad():
-            embeddings = [self.embed(batch.to(self.device)) for batch in reference.split(batch_size)]
-            for batch in embeddings:
+            embeddings = torch.cat([self.embed(batch.to(self.device)) for batch in reference.split(batch_size)])
+            for batch in embeddings.split(batch_size):
                 self.update(batch, real=True)
             # the real k-NN radii are computed here, once: every compute() measures only the generated side
-            self.manifold = ManifoldMetrics(torch.cat(embeddings), nearest_k)
+            self.manifold = ManifoldMetrics(embeddings, nearest_k)
+            for k, fid in self.class_fid.items():
+                fid.update(embeddings[reference_labels == k], real=True)
 
     def embed(self, images: Tensor) -> Tensor:
         """The net's embedding (N, num_features) of uint8 images (N, 1 or 3, H, W), in eval mode."""
@@ -94,24 +127,29 @@ class SampleQuality:
         self.kid.update(embeddings, real=real)
 
     @torch.no_grad()
-    def compute(self, generated: Tensor) -> dict[str, float]:
+    def compute(self, generated: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         """The scores of `generated`, uint8 (N, C, H, W) with N >= 2, any size and channel count.
 
         Returns fid, kid_mean, kid_std, precision, recall, density, prdc_coverage, coverage (an int), kl_uniform
         and confidence; see the module docstring. The net embeds each image once, for all of them.
+        labels: the class each image was asked for (integers, one per image; -1 = none asked), or None. When some
+        class was asked for and the reference labels are known, accuracy, accuracy_min and intra_fid are added;
+        images asked for no class count only in the other scores.
         """
         _check_images(generated, "generated")
+        labels = self._checked_labels(labels, len(generated))
         self.fid.reset()
         self.kid.reset()
         counts = torch.zeros(self.net.classifier.out_features, dtype=torch.long, device=self.device)
         confidence = torch.zeros((), device=self.device)
-        all_embeddings = []
+        all_embeddings, all_predicted = [], []
         for batch in generated.split(self.batch_size):
             embeddings = self.embed(batch.to(self.device))
             all_embeddings.append(embeddings)
             self.update(embeddings, real=False)
             probabilities = self.net.classifier(embeddings).softmax(dim=1)
             top, predicted = probabilities.max(dim=1)
+            all_predicted.append(predicted)
             counts += torch.bincount(predicted, minlength=len(counts))
             confidence += top.sum()
         self.kid.subset_size = min(self.kid_subset_size, self.num_reference, len(generated))
@@ -119,14 +157,58 @@ class SampleQuality:
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self.kid.compute()
         share = counts.cpu().double() / len(generated)
-        return {
+        embeddings = torch.cat(all_embeddings)
+        scores = {
             "fid": float(self.fid.compute()),
             "kid_mean": float(kid_mean),
             "kid_std": float(kid_std),
-            **self.manifold.compute(torch.cat(all_embeddings)),
+            **self.manifold.compute(embeddings),
             "coverage": int((share >= COVERAGE_SHARE).sum()),
             "kl_uniform": kl_from_uniform(share),
             "confidence": float(confidence) / len(generated),
+        }
+        if labels is not None:
+            scores |= self.class_scores(embeddings, torch.cat(all_predicted), labels)
+        return scores
+
+    def _checked_labels(self, labels: Tensor | None, count: int) -> Tensor | None:
+        """`labels` as a long tensor on the device, or None when there are none to measure (see `compute`)."""
+        if labels is None or not self.reference_classes:
+            return None
+        if labels.is_floating_point() or labels.is_complex() or tuple(labels.shape) != (count,):
+            raise ValueError(
+                f"labels must be one integer class per generated image ({count}), got {labels.dtype} values shaped "
+                f"{tuple(labels.shape)}."
+            )
+        labels = labels.to(self.device, torch.long)
+        asked = labels[labels != -1]
+        if len(asked) == 0:
+            return None
+        unknown = sorted(set(asked.unique().tolist()) - self.reference_classes)
+        if unknown:
+            raise ValueError(
+                f"labels hold the classes {unknown}, which no reference image has: the reference classes are "
+                f"{sorted(self.reference_classes)} (and -1 for an image asked for no class)."
+            )
+        return labels
+
+    def class_scores(self, embeddings: Tensor, predicted: Tensor, labels: Tensor) -> dict[str, float]:
+        """accuracy, accuracy_min and intra_fid (see the module docstring) of the generated images' `embeddings`,
+        the net's `predicted` classes and the `labels` they were asked for (-1: none, left out)."""
+        hits, fids = [], []
+        for k in labels[labels != -1].unique().tolist():
+            asked = labels == k
+            hits.append(float((predicted[asked] == k).double().mean()))
+            fid = self.class_fid[k]
+            # a class needs 2 images on each side for a covariance; the real side was filled in __init__
+            if int(asked.sum()) >= 2 and int(fid.real_features_num_samples) >= 2:
+                fid.reset()
+                fid.update(embeddings[asked], real=False)
+                fids.append(float(fid.compute()))
+        return {
+            "accuracy": sum(hits) / len(hits),
+            "accuracy_min": min(hits),
+            "intra_fid": sum(fids) / len(fids) if fids else math.nan,
         }
 
 

@@ -6,7 +6,8 @@ Each regulariser has the same two hooks, which the training loop calls for every
     after_step(discriminator) -> None, run after the optimiser step (for example weight clipping)
 
 `discriminator` is called as D(x, y); `y` is the real batch's labels (None for unlabelled data or an unconditional
-model, which ignores them).
+model, which ignores them). `discriminator.split_outputs(outputs, y)` gives its adversarial logits (an AC-GAN's
+outputs also hold class logits).
 """
 
 import torch
@@ -44,7 +45,7 @@ class GradientPenalty(Regularizer):
     def penalty(self, discriminator, real, fake, y=None):
         alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
         interpolates = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-        scores = discriminator(interpolates, y)
+        scores, _ = discriminator.split_outputs(discriminator(interpolates, y), y)  # the adversarial logits alone
         (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
         norms = gradients.flatten(1).norm(2, dim=1)
         return {"gradient_penalty": self.weight * (norms - self.target).pow(2).mean()}

@@ -34,9 +34,10 @@ DONE = ("completed", "time_budget")  # the statuses of a job that ran as far as 
 # metrics where higher is better (with or without the `_ema` suffix); every other one (fid, kid_mean, kl_uniform)
 # is a distance or a spread, lower is better
 HIGHER_IS_BETTER = ("precision", "recall", "density", "prdc_coverage", "coverage", "confidence", "modes_covered",
-                    "high_quality")  # fmt: skip
-# what report.md shows after the ranking metric, of the same generator: fidelity, diversity and class balance
-COMPANIONS = ("precision", "recall", "coverage", "modes_covered", "high_quality")
+                    "high_quality", "accuracy", "accuracy_min")  # fmt: skip
+# what report.md shows after the ranking metric, of the same generator: fidelity, diversity, class balance and,
+# for a class-conditional run, whether it draws the class asked for
+COMPANIONS = ("precision", "recall", "coverage", "modes_covered", "high_quality", "accuracy")
 
 # TensorBoard's directory watcher logs "No path found after <event file>" at INFO for every job it reads, which
 # the end-of-sweep summary (ganlab.sweep, running under Hydra's logging) would print once per job

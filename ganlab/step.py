@@ -10,17 +10,18 @@ A label is None where the data has none or the model is unconditional; the step 
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
 from ganlab.config import build
 from ganlab.device import autocast
 from ganlab.losses import GANLoss
-from ganlab.models.base import GANModel, has_batch_statistics
+from ganlab.models.base import GANModel, has_batch_statistics, spectral_norm_layers
 from ganlab.regularizers import GradientPenalty, Regularizer
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class GAN:
     channels_last: bool  # conv models run in channels_last memory format
     precision: str  # fp32, or bf16 autocast
     ema: AveragedModel | None = None  # exponential moving average of the generator; None when train.ema_decay=0
+    schedulers: list = field(default_factory=list)  # learning-rate schedules stepped after each G update; [] = constant
 
 
 def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:
@@ -55,9 +57,28 @@ def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:
         return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), foreach=True)
 
 
-def build_gan(cfg: DictConfig, device: torch.device) -> GAN:
-    """The model, loss, regulariser and optimisers of `cfg`, on `device`, shape-checked."""
-    model = build(cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size)
+def build_model(cfg: DictConfig, num_classes: int = 0) -> GANModel:
+    """The model of `cfg` for its dataset's shape and `num_classes` classes (0 = no labels), with spectral norm on
+    D's layers where `model.spectral_norm` asks: applied here, before shape checks, compilation and optimisers."""
+    model = build(
+        cfg.model, "model", channels=cfg.dataset.channels, image_size=cfg.dataset.image_size, num_classes=num_classes
+    )
+    if model.spectral_norm:
+        spectral_norm_layers(model.discriminator)
+    return model
+
+
+def linear_decay(steps: int) -> Callable[[int], float]:
+    """The learning-rate factor after `done` generator updates: 1 at the start, falling linearly to 0 at `steps`."""
+    return lambda done: max(0.0, 1.0 - done / steps)
+
+
+def build_gan(cfg: DictConfig, device: torch.device, num_classes: int = 0) -> GAN:
+    """The model, loss, regulariser and optimisers of `cfg`, on `device`, shape-checked.
+
+    num_classes: the dataset's classes, which a conditional model is conditioned on (0 = the data has no labels).
+    """
+    model = build_model(cfg, num_classes)
     channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     model.check_shapes()
@@ -72,13 +93,19 @@ def build_gan(cfg: DictConfig, device: torch.device) -> GAN:
     if cfg.train.ema_decay > 0:  # AveragedModel copies G; use_buffers averages BatchNorm statistics too
         average = ema_average(cfg.train.ema_decay, cfg.train.ema_rampup)
         ema = AveragedModel(model.generator, multi_avg_fn=average, use_buffers=True)
+    g_opt = make_adam(model.generator.parameters(), cfg.train.g_lr, cfg.train.g_betas)
+    d_opt = make_adam(model.discriminator.parameters(), cfg.train.d_lr, cfg.train.d_betas)
+    schedulers = []
+    if cfg.train.lr_schedule == "linear":  # SNGAN's decay to 0 over train.steps, one step per generator update
+        schedulers = [LambdaLR(optimizer, linear_decay(cfg.train.steps)) for optimizer in (g_opt, d_opt)]
     return GAN(
         ema=ema,
+        schedulers=schedulers,
         model=model,
         loss=build(cfg.loss, "loss"),
         regularizer=regularizer,
-        g_opt=make_adam(model.generator.parameters(), cfg.train.g_lr, cfg.train.g_betas),
-        d_opt=make_adam(model.discriminator.parameters(), cfg.train.d_lr, cfg.train.d_betas),
+        g_opt=g_opt,
+        d_opt=d_opt,
         generator=generator,
         discriminator=discriminator,
         joint=joint,
@@ -137,19 +164,24 @@ def discriminator_step(
             fake = gan.generator(z, fake_labels)
         if gan.joint:
             both = gan.discriminator(torch.cat([real, fake.detach()]), joint_labels(real_labels, fake_labels))
-            real_logits, fake_logits = both.split(real.shape[0])
+            real_outputs, fake_outputs = both.split(real.shape[0])
         else:
-            real_logits = gan.discriminator(real, real_labels)
-            fake_logits = gan.discriminator(fake.detach(), fake_labels)
+            real_outputs = gan.discriminator(real, real_labels)
+            fake_outputs = gan.discriminator(fake.detach(), fake_labels)
+        real_logits, real_terms = gan.model.discriminator.split_outputs(real_outputs, real_labels)
+        fake_logits, fake_terms = gan.model.discriminator.split_outputs(fake_outputs, fake_labels)
         d_loss = gan.loss.d_loss(real_logits.float(), fake_logits.float())
+        # the model's own terms (AC-GAN's class loss, on real and fake): none for most models
+        terms = {name: real_terms[name] + fake_terms[name] for name in real_terms}
         # the penalty differentiates D twice, which compiled modules do not support: it uses the plain module
         penalties = gan.regularizer.penalty(gan.model.discriminator, real, fake, real_labels)
     gan.d_opt.zero_grad(set_to_none=True)
-    (d_loss + sum(penalties.values())).backward()
+    (d_loss + sum(terms.values()) + sum(penalties.values())).backward()
     gan.d_opt.step()
     gan.regularizer.after_step(gan.model.discriminator)
     # named to sort after Loss/ and Metrics/, so TensorBoard shows the losses and scores first
     stats = {"Loss/D": d_loss, "Output/D_real": real_logits.mean(), "Output/D_fake": fake_logits.mean()}
+    stats.update({f"Loss/D_{name}": value for name, value in terms.items()})
     stats.update({f"Regularizer/{name}": value for name, value in penalties.items()})
     return fake, stats
 
@@ -161,12 +193,13 @@ def generator_step(gan: GAN, fake: Tensor, fake_labels: Tensor | None) -> dict[s
     """
     gan.model.discriminator.requires_grad_(False)
     with autocast(fake.device, gan.precision):
-        g_loss = gan.loss.g_loss(gan.discriminator(fake, fake_labels).float())
+        logits, terms = gan.model.discriminator.split_outputs(gan.discriminator(fake, fake_labels), fake_labels)
+        g_loss = gan.loss.g_loss(logits.float())
     gan.g_opt.zero_grad(set_to_none=True)
-    g_loss.backward()
+    (g_loss + sum(terms.values())).backward()
     gan.model.discriminator.requires_grad_(True)
     gan.g_opt.step()
-    return {"Loss/G": g_loss}
+    return {"Loss/G": g_loss} | {f"Loss/G_{name}": value for name, value in terms.items()}
 
 
 def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Tensor]:
@@ -179,6 +212,8 @@ def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Te
         z, fake_labels = gan.model.sample_latent(batch_size, real.device)
         fake, d_stats = discriminator_step(gan, real, real_labels, z, fake_labels, keep_graph=d_step == d_steps - 1)
     g_stats = generator_step(gan, fake, fake_labels)
+    for scheduler in gan.schedulers:
+        scheduler.step()
     if gan.ema is not None:
         gan.ema.update_parameters(gan.model.generator)
     return d_stats | g_stats

@@ -3,7 +3,9 @@
 Points are drawn fresh for every batch, so the data is unlimited. A point is a (2, 1, 1) "image", so the MLP
 trains on it unchanged. The standard mode metrics (unrolled GAN, VEEGAN, PacGAN) are measured in the mixture's own
 units: a sample is high quality when it lies within 3 standard deviations of its nearest mode; a mode is covered
-when it holds at least a quarter of its fair share (1/(4K)) of the high-quality samples.
+when it holds at least a quarter of its fair share (1/(4K)) of the high-quality samples. A class-conditional
+generator is asked for a mode per sample (its label); `accuracy` is then the share of samples that are high quality
+at the mode asked for, averaged over the modes asked for, and `accuracy_min` the share of the worst of them.
 """
 
 import math
@@ -35,6 +37,11 @@ class Mixture:
         self.channels, self.image_size = channels, image_size
         self.extent = 1.25 * float(self.centers.abs().max())
 
+    @property
+    def num_classes(self) -> int:
+        """The modes: a point's label is the mode it was drawn from."""
+        return len(self.centers)
+
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """n points (n, 2) in the mixture's own units."""
         return self.sample_labelled(n, device)[0]
@@ -65,10 +72,12 @@ class Mixture:
         return MixtureBatches(self, device, value_range)
 
     def evaluator(self, device: torch.device, value_range: tuple[float, float]):
-        """Scores samples with the mode metrics (the labels the samples were asked for are not used)."""
-        return lambda samples, labels=None: self.mode_metrics(samples, value_range)
+        """Scores samples with the mode metrics, and with the modes they were asked for (`labels`) when given."""
+        return lambda samples, labels=None: self.mode_metrics(samples, value_range, labels)
 
-    def picture(self, samples: Tensor, value_range: tuple[float, float], size: int = 256) -> Tensor:
+    def picture(
+        self, samples: Tensor, value_range: tuple[float, float], labels: Tensor | None = None, size: int = 256
+    ) -> Tensor:
         """A (3, size, size) scatter of `samples` (white) over the mixture's modes (red), for TensorBoard."""
         points = self.from_range(samples.detach().cpu(), value_range)
         picture = torch.zeros(3, size, size)
@@ -87,19 +96,52 @@ class Mixture:
             picture[:, (rows + dr).clamp(0, size - 1), (cols + 1).clamp(0, size - 1)] = 1.0
         return picture
 
-    def mode_metrics(self, samples: Tensor, value_range: tuple[float, float]) -> dict[str, float]:
+    def mode_metrics(
+        self, samples: Tensor, value_range: tuple[float, float], labels: Tensor | None = None
+    ) -> dict[str, float]:
         """`modes_covered` (modes holding at least 1/(4K) of the high-quality samples, and at least one) and
-        `high_quality` (the share of samples within 3 std of their nearest mode)."""
+        `high_quality` (the share of samples within 3 std of their nearest mode).
+
+        labels: the mode each sample was asked for (integers, one per sample; -1 = none asked), or None. When some
+        mode was asked for, `accuracy` and `accuracy_min` are added (see the module docstring).
+        """
         points = self.from_range(samples, value_range)
         distances = torch.cdist(points, self.centers.to(points.device))
         nearest_distance, nearest = distances.min(dim=1)
         good = nearest_distance <= 3 * self.std
         counts = torch.bincount(nearest[good], minlength=len(self.centers))
         threshold = max(1, math.ceil(int(good.sum()) / (4 * len(self.centers))))
-        return {
+        scores = {
             "modes_covered": int((counts >= threshold).sum()),
             "high_quality": float(good.float().mean()),
         }
+        labels = self._checked_labels(labels, len(points))
+        if labels is not None:
+            labels = labels.to(nearest.device)
+            hit = good & (nearest == labels)
+            shares = [float(hit[labels == k].float().mean()) for k in labels[labels != -1].unique().tolist()]
+            scores |= {"accuracy": sum(shares) / len(shares), "accuracy_min": min(shares)}
+        return scores
+
+    def _checked_labels(self, labels: Tensor | None, count: int) -> Tensor | None:
+        """`labels` as a long tensor, or None when no sample was asked for a mode (None, or all -1)."""
+        if labels is None:
+            return None
+        if labels.is_floating_point() or labels.is_complex() or tuple(labels.shape) != (count,):
+            raise ValueError(
+                f"labels must be one integer mode per sample ({count}), got {labels.dtype} values shaped "
+                f"{tuple(labels.shape)}."
+            )
+        labels = labels.long()
+        asked = labels[labels != -1]
+        if len(asked) == 0:
+            return None
+        if asked.min() < 0 or asked.max() >= len(self.centers):
+            raise ValueError(
+                f"labels hold modes from {int(asked.min())} to {int(asked.max())}, but dataset {self.name} has the "
+                f"modes 0 to {len(self.centers) - 1} (and -1 for a sample asked for no mode)."
+            )
+        return labels
 
 
 class Ring(Mixture):

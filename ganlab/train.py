@@ -38,9 +38,10 @@ def log_samples(
     monitor: Monitor, source, gan, fixed_noise: torch.Tensor, fixed_labels: torch.Tensor | None, step: int
 ) -> None:
     """The fixed-noise sample grids of G and of its EMA at `step` (for the fixed labels, or None), to TensorBoard and
-    samples/."""
+    samples/: a conditional model's grid has one row per class, the same noise down each column."""
     for suffix, generator in generators(gan):
-        picture = source.picture(sample_images(generator, fixed_noise, fixed_labels), gan.model.output_range)
+        images = sample_images(generator, fixed_noise, fixed_labels)
+        picture = source.picture(images, gan.model.output_range, fixed_labels)
         monitor.picture(f"Samples/fixed_noise{suffix}", picture, step, f"{'ema' if suffix else 'step'}_{step:07d}.png")
 
 
@@ -135,11 +136,11 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    gan = build_gan(cfg, device)
-    model = gan.model
     source = build(cfg.dataset, "dataset")
+    gan = build_gan(cfg, device, source.num_classes)
+    model = gan.model
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size, cfg.seed)
-    fixed_noise, fixed_labels = model.sample_latent(cfg.log.num_samples, device)
+    fixed_noise, fixed_labels = model.grid_latent(cfg.log.num_samples, device)
     evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled else None
 
     start_step, seconds_before = 0, 0.0

@@ -47,7 +47,7 @@ def expected(data_root, tmp_path_factory) -> dict:
 gray = IMAGES[:, 0]  # (N, H, W)
 # every lossless way to store the images: (file name, writer of the file)
 LOSSLESS = {
-    "npz images, (N, H, W) uint8": ("a.npz", lambda p: np.savez(p, images=gray, labels=np.arange(64))),
+    "npz images, (N, H, W) uint8": ("a.npz", lambda p: np.savez(p, images=gray, labels=np.full(64, -1))),
     "npz only array, (N, H, W, 1) float [0, 1]": ("a.npz", lambda p: np.savez(p, gray[..., None] / 255.0)),
     "npy (N, C, H, W) float32 [-1, 1]": ("a.npy", lambda p: np.save(p, (IMAGES / 127.5 - 1).astype(np.float32))),
     "npy (N, H, W) float16 [0, 1]": ("a.npy", lambda p: np.save(p, (gray / 255).astype(np.float16))),

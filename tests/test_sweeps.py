@@ -55,11 +55,16 @@ def checkpoint_step(run_dir: Path) -> int:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
-    """Model, both optimisers and the step of two runs' final checkpoints are bit-identical."""
+    """Model, EMA, both optimisers, learning-rate schedules and the step of two runs' final checkpoints are
+    bit-identical."""
     left, right = (torch.load(d / CHECKPOINT, weights_only=False) for d in (a, b))
     assert left["step"] == right["step"]
-    for name, tensor in left["model"].items():
-        assert torch.equal(tensor, right["model"][name]), name
+    assert left["schedulers"] == right["schedulers"]
+    for key in ("model", "ema"):
+        for name, tensor in (left[key] or {}).items():
+            assert torch.equal(tensor, right[key][name]), name
+    for key in ("g_opt", "d_opt"):
+        assert [g["lr"] for g in left[key]["param_groups"]] == [g["lr"] for g in right[key]["param_groups"]]
     for key in ("g_opt", "d_opt"):
         for index, state in left[key]["state"].items():
             for name, value in state.items():
@@ -136,9 +141,21 @@ def test_the_same_command_continues_in_the_same_run_folder(tmp_path):
     assert again.returncode == 0 and "already completed at step 30: skipped" in again.stdout
 
 
-@pytest.mark.parametrize("trial", range(3))
-def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, trial):
-    args = [*SLOW_TOY, "loss=lsgan", "train.ema_decay=0.9", f"seed={trial}"]
+# a class-conditional run, with every piece of state it adds: conditional BatchNorm's running statistics, the
+# projection embedding, spectral norm's power-iteration vectors and the learning-rate schedule
+CONDITIONAL = [
+    "model.conditional=true",
+    "model.g_condition=cbn",
+    "model.spectral_norm=true",
+    "train.lr_schedule=linear",
+]
+
+
+@pytest.mark.parametrize(
+    "trial,extra", [(0, []), (1, []), (2, []), (3, CONDITIONAL)], ids=["0", "1", "2", "conditional"]
+)
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, trial, extra):
+    args = [*SLOW_TOY, "loss=lsgan", "train.ema_decay=0.9", f"seed={trial}", *extra]
     train(compose_config(args), tmp_path / "straight")
 
     run_dir = tmp_path / "killed"

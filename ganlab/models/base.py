@@ -7,8 +7,10 @@ never asks whether a model is conditional.
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from ganlab.errors import ConfigError
+from ganlab.models.conditional import D_CONDITIONS, ClassifierDiscriminator, Network
 
 # The generator's output activation fixes the range of the data it learns; the data pipeline reads it from here.
 OUTPUT_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
@@ -22,30 +24,48 @@ def output_layer(output: str) -> nn.Module:
     return nn.Sigmoid() if output == "sigmoid" else nn.Tanh()
 
 
-class Unconditional(nn.Sequential):
-    """An `nn.Sequential` called as `G(z, y)` or `D(x, y)` that ignores the label `y`: the unconditional networks.
-
-    A subclass, not a wrapper, so the state dict keeps the keys of the plain `nn.Sequential` it replaced.
-    """
-
-    def forward(self, input: Tensor, y: Tensor | None = None) -> Tensor:
-        return super().forward(input)
-
-
 class GANModel(nn.Module):
     """A generator and a discriminator for images of shape (channels, image_size, image_size).
 
     z_dim: length of the latent vector. noise: `normal` (N(0, 1)) or `uniform` (U[-1, 1]).
     output: the generator's output activation, which also sets the data range.
     `generator` and `discriminator` take the labels as a second argument, `G(z, y)` and `D(x, y)` (see the module).
+    num_classes: the dataset's classes (0 = it has no labels), given by the builder beside channels and image_size.
+    conditional: condition G and D on the class (needs num_classes >= 2); false = both ignore y.
+    d_condition: how a conditional D takes the class, `projection` or `acgan` (ganlab.models.conditional).
+    class_weight: AC-GAN's weight of the class cross-entropy in both players' losses.
+    spectral_norm: spectrally normalise every layer of D (`step.build_model` applies it, after construction).
     """
-
-    num_classes = 0  # classes the networks are conditioned on; 0 = unconditional (they ignore y)
 
     image_sizes: tuple[int, ...] | None = None  # the image sizes the architecture can build; None = any
 
-    def __init__(self, z_dim: int, noise: str, output: str, channels: int, image_size: int):
+    def __init__(
+        self,
+        z_dim: int,
+        noise: str,
+        output: str,
+        channels: int,
+        image_size: int,
+        num_classes: int = 0,
+        conditional: bool = False,
+        d_condition: str = "projection",
+        class_weight: float = 1.0,
+        spectral_norm: bool = False,
+    ):
         super().__init__()
+        if conditional and num_classes < 2:
+            raise ConfigError(
+                f"model.conditional=true needs a dataset with class labels, but this one has "
+                f"{num_classes or 'none'}: use a labelled dataset (mnist, fashion_mnist, cifar10, a folder of "
+                f"class subfolders) or set model.conditional=false."
+            )
+        if d_condition not in D_CONDITIONS:
+            raise ConfigError(f"model.d_condition={d_condition!r} is not allowed: use one of {list(D_CONDITIONS)}.")
+        if class_weight < 0:
+            raise ConfigError(f"model.class_weight={class_weight} is negative: use a weight >= 0 (AC-GAN uses 1).")
+        # classes the networks are conditioned on; 0 = unconditional (they ignore y)
+        self.num_classes = num_classes if conditional else 0
+        self.d_condition, self.class_weight, self.spectral_norm = d_condition, class_weight, spectral_norm
         if z_dim < 1:
             raise ConfigError(f"model.z_dim={z_dim} must be >= 1.")
         if noise not in NOISE_KINDS:
@@ -58,6 +78,18 @@ class GANModel(nn.Module):
         self.image_shape = (channels, image_size, image_size)
         self.generator: nn.Module
         self.discriminator: nn.Module
+
+    def make_discriminator(self, features: list[nn.Module], head: list[nn.Module], width: int) -> nn.Module:
+        """D from its feature layers phi (ending in `width` channels or units) and its logit head psi: one plain
+        `Network` if unconditional, else phi and psi joined by the label as `d_condition` says."""
+        if self.num_classes == 0:
+            return Network(*features, *head)
+        extra = {"class_weight": self.class_weight} if D_CONDITIONS[self.d_condition] is ClassifierDiscriminator else {}
+        return D_CONDITIONS[self.d_condition](Network(*features), Network(*head), self.num_classes, width, **extra)
+
+    def balanced_labels(self, n: int, device: torch.device | str) -> Tensor | None:
+        """0, 1, ..., K-1, 0, 1, ...: n labels with every class equally often (to within one); None if unconditional."""
+        return torch.arange(n, device=device) % self.num_classes if self.num_classes else None
 
     @property
     def output_range(self) -> tuple[float, float]:
@@ -85,6 +117,16 @@ class GANModel(nn.Module):
             labels = torch.randint(self.num_classes, (n,), device=device)
         return z, labels.to(device, torch.long)
 
+    def grid_latent(self, n: int, device: torch.device | str) -> tuple[Tensor, Tensor | None]:
+        """The fixed noise of the sample grids, `(z, y)`: n latent vectors; for a conditional model one row per class
+        of n // classes columns (at least 1), with the same latent vector down each column, so a column shows what
+        the class alone changes."""
+        if self.num_classes == 0:
+            return self.sample_latent(n, device)
+        columns = max(1, n // self.num_classes)
+        z = self.sample_noise(columns, device).repeat(self.num_classes, 1)
+        return z, torch.arange(self.num_classes, device=device).repeat_interleave(columns)
+
     def check_shapes(self) -> None:
         """Run one tiny batch through both networks, so a mismatch fails at start-up with a clear message."""
         device = next(self.parameters()).device
@@ -98,7 +140,7 @@ class GANModel(nn.Module):
                     f"model produces images of shape {tuple(images.shape[1:])}, but the dataset has "
                     f"{self.image_shape}: check dataset.image_size and dataset.channels."
                 )
-            logits = self.discriminator(images, y)
+            logits, _ = self.discriminator.split_outputs(self.discriminator(images, y), y)
             if logits.numel() != 2:
                 raise ConfigError(f"model's discriminator gives {logits.numel() // 2} outputs per image, not 1.")
         self.train(was_training)
@@ -107,3 +149,14 @@ class GANModel(nn.Module):
 def has_batch_statistics(module: nn.Module) -> bool:
     """True if a layer normalises across the batch, so real and fake must not share one forward pass."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def spectral_norm_layers(module: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al. 2018) of every linear, convolution and embedding layer of `module`.
+
+    torch's parametrization: the weight is divided by its largest singular value, estimated by one power iteration
+    per training forward pass (15 when applied), so each layer is 1-Lipschitz. Norm layers are left as they are.
+    """
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
+            spectral_norm(layer)

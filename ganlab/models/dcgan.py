@@ -9,7 +9,8 @@ import math
 from torch import nn
 
 from ganlab.errors import ConfigError
-from ganlab.models.base import GANModel, Unconditional, output_layer
+from ganlab.models.base import GANModel, output_layer
+from ganlab.models.conditional import ConditionalBatchNorm, Network
 
 IMAGE_SIZES = (32, 64)
 
@@ -44,6 +45,8 @@ class DCGAN(GANModel):
     g_width / d_width: channels of the widest-resolution layer (ngf / ndf, 64 in the paper); they double at each
     halving of resolution. d_norm: `batch` (the paper), `instance`, `layer` or `none` (for WGAN-GP critics).
     bias: give every convolution a bias (the WGAN-GP recipe does; the DCGAN recipe does not).
+    A conditional DCGAN puts the seed's conditional BatchNorm in every BatchNorm position of G; num_classes,
+    conditional, d_condition, class_weight and spectral_norm: see `GANModel`.
     """
 
     image_sizes = IMAGE_SIZES
@@ -59,8 +62,9 @@ class DCGAN(GANModel):
         bias: bool = False,
         output: str = "tanh",
         noise: str = "normal",
+        **conditioning,
     ):
-        super().__init__(z_dim, noise, output, channels, image_size)
+        super().__init__(z_dim, noise, output, channels, image_size, **conditioning)
         if image_size not in IMAGE_SIZES:
             raise ConfigError(
                 f"model=dcgan cannot produce {image_size}x{image_size} images (dataset.image_size={image_size}): "
@@ -71,19 +75,23 @@ class DCGAN(GANModel):
         if g_width < 1 or d_width < 1:
             raise ConfigError(f"model.g_width={g_width} and model.d_width={d_width} must both be >= 1.")
         halvings = int(math.log2(image_size)) - 2  # 4x4 -> image_size
+        classes = self.num_classes
+
+        def g_norm(width: int) -> nn.Module:
+            return ConditionalBatchNorm(width, classes) if classes else nn.BatchNorm2d(width)
 
         g_layers: list[nn.Module] = [nn.Unflatten(1, (z_dim, 1, 1))]
         width = g_width * 2 ** (halvings - 1)
-        g_layers += [nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=bias), nn.BatchNorm2d(width), nn.ReLU(True)]
+        g_layers += [nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=bias), g_norm(width), nn.ReLU(True)]
         for _ in range(halvings - 1):
             g_layers += [
                 nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=bias),
-                nn.BatchNorm2d(width // 2),
+                g_norm(width // 2),
                 nn.ReLU(True),
             ]
             width //= 2
         g_layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=bias), output_layer(output)]
-        self.generator = Unconditional(*g_layers)
+        self.generator = Network(*g_layers)
 
         width = d_width
         d_layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=bias), nn.LeakyReLU(0.2, True)]
@@ -94,6 +102,6 @@ class DCGAN(GANModel):
                 nn.LeakyReLU(0.2, True),
             ]
             width *= 2
-        d_layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=bias), nn.Flatten(0)]
-        self.discriminator = Unconditional(*d_layers)
+        head = [nn.Conv2d(width, 1, 4, 1, 0, bias=bias), nn.Flatten(0)]
+        self.discriminator = self.make_discriminator(d_layers, head, width)
         self.apply(dcgan_init)
