@@ -41,8 +41,8 @@ class MLP(GANModel):
     init: `default` (PyTorch's Linear init, as the f-GAN recipe) or `xavier` (the LSGAN recipe's xavier_init).
     activation: the hidden layers' `relu` (the recipes) or `leaky_relu` (slope 0.2).
     g_condition: how a conditional G takes the class: `cbn` (conditional BatchNorm after each hidden layer; it beat
-    `concat` in docs/results.md's trials) or `concat` (an embedding of z_dim numbers beside z). num_classes, conditional, d_condition, class_weight and
-    spectral_norm: see `GANModel`.
+    `concat` in docs/results.md's trials) or `concat` (an embedding of z_dim numbers beside z).
+    num_classes, conditional, d_condition, class_weight and spectral_norm: see `GANModel`.
     """
 
     def __init__(
