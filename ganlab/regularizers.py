@@ -2,17 +2,19 @@
 
 Each regulariser has the same two hooks, which the training loop calls for every discriminator step:
 
-    penalty(discriminator, real, fake, y) -> dict of named scalar tensors, added to the discriminator loss
+    penalty(discriminator, real, fake, y, runtime) -> dict of named scalar tensors, added to the discriminator loss
     after_step(discriminator) -> None, run after the optimiser step (for example weight clipping)
 
 `discriminator` is called as D(x, y); `y` is the real batch's labels (None for unlabelled data or an unconditional
 model, which ignores them). `discriminator.split_outputs(outputs, y)` gives its adversarial logits (an AC-GAN's
-outputs also hold class logits).
+outputs also hold class logits). `runtime` is the process's share of a distributed run (`ganlab.distributed`):
+random draws are made for the global batch and sliced, so N processes penalise what one process would.
 """
 
 import torch
 from torch import Tensor, nn
 
+from ganlab.distributed import Runtime
 from ganlab.errors import ConfigError
 
 
@@ -20,7 +22,12 @@ class Regularizer:
     """No regularisation: the base class, and the `regularizer=none` option."""
 
     def penalty(
-        self, discriminator: nn.Module, real: Tensor, fake: Tensor, y: Tensor | None = None
+        self,
+        discriminator: nn.Module,
+        real: Tensor,
+        fake: Tensor,
+        y: Tensor | None = None,
+        runtime: Runtime | None = None,
     ) -> dict[str, Tensor]:
         return {}
 
@@ -42,8 +49,10 @@ class GradientPenalty(Regularizer):
         self.weight = weight
         self.target = target
 
-    def penalty(self, discriminator, real, fake, y=None):
-        alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    def penalty(self, discriminator, real, fake, y=None, runtime=None):
+        runtime = runtime or Runtime(real.device)
+        shape = (real.shape[0] * runtime.world_size,) + (1,) * (real.dim() - 1)  # the global batch's draw, sliced
+        (alpha,) = runtime.shard(torch.rand(shape, device=real.device, dtype=real.dtype))
         interpolates = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
         scores, _ = discriminator.split_outputs(discriminator(interpolates, y), y)  # the adversarial logits alone
         (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)

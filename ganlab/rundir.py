@@ -152,6 +152,8 @@ class RunDirLock(Callback):
         self.lock: RunLock | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 holds the folder for every rank
+            return
         try:
             self.lock = RunLock.acquire(Path(OmegaConf.select(config, "hydra.run.dir")))
         except GanlabError as error:

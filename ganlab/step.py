@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ganlab.config import build
 from ganlab.device import autocast
+from ganlab.distributed import Runtime, synchronise_batch_statistics
 from ganlab.losses import GANLoss
 from ganlab.models.base import GANModel, has_batch_statistics, spectral_norm_layers
 from ganlab.regularizers import GradientPenalty, Regularizer
@@ -46,6 +47,7 @@ class GAN:
     precision: str  # fp32, or bf16 autocast
     ema: AveragedModel | None = None  # exponential moving average of the generator; None when train.ema_decay=0
     schedulers: list = field(default_factory=list)  # learning-rate schedules stepped after each G update; [] = constant
+    runtime: Runtime = field(default_factory=lambda: Runtime(torch.device("cpu")))  # this process's share of the run
 
 
 def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:
@@ -73,14 +75,17 @@ def linear_decay(steps: int) -> Callable[[int], float]:
     return lambda done: max(0.0, 1.0 - done / steps)
 
 
-def build_gan(cfg: DictConfig, device: torch.device, num_classes: int = 0) -> GAN:
+def build_gan(cfg: DictConfig, device: torch.device, num_classes: int = 0, runtime: Runtime | None = None) -> GAN:
     """The model, loss, regulariser and optimisers of `cfg`, on `device`, shape-checked.
 
     num_classes: the dataset's classes, which a conditional model is conditioned on (0 = the data has no labels).
+    runtime: this process's rank among the processes training the run (`ganlab.distributed`); None = alone.
     """
+    runtime = runtime or Runtime(device)
     model = build_model(cfg, num_classes)
     channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    model = synchronise_batch_statistics(model, runtime)
     model.check_shapes()
     regularizer = build(cfg.regularizer, "regularizer")
     joint = not has_batch_statistics(model.discriminator)
@@ -101,6 +106,7 @@ def build_gan(cfg: DictConfig, device: torch.device, num_classes: int = 0) -> GA
     return GAN(
         ema=ema,
         schedulers=schedulers,
+        runtime=runtime,
         model=model,
         loss=build(cfg.loss, "loss"),
         regularizer=regularizer,
@@ -174,9 +180,10 @@ def discriminator_step(
         # the model's own terms (AC-GAN's class loss, on real and fake): none for most models
         terms = {name: real_terms[name] + fake_terms[name] for name in real_terms}
         # the penalty differentiates D twice, which compiled modules do not support: it uses the plain module
-        penalties = gan.regularizer.penalty(gan.model.discriminator, real, fake, real_labels)
+        penalties = gan.regularizer.penalty(gan.model.discriminator, real, fake, real_labels, gan.runtime)
     gan.d_opt.zero_grad(set_to_none=True)
     (d_loss + sum(terms.values()) + sum(penalties.values())).backward()
+    gan.runtime.average_gradients(gan.model.discriminator)  # across processes; nothing when training alone
     gan.d_opt.step()
     gan.regularizer.after_step(gan.model.discriminator)
     # named to sort after Loss/ and Metrics/, so TensorBoard shows the losses and scores first
@@ -198,6 +205,7 @@ def generator_step(gan: GAN, fake: Tensor, fake_labels: Tensor | None) -> dict[s
     gan.g_opt.zero_grad(set_to_none=True)
     (g_loss + sum(terms.values())).backward()
     gan.model.discriminator.requires_grad_(True)
+    gan.runtime.average_gradients(gan.model.generator)  # D has no gradients here: it is not all-reduced
     gan.g_opt.step()
     return {"Loss/G": g_loss} | {f"Loss/G_{name}": value for name, value in terms.items()}
 
@@ -206,10 +214,11 @@ def train_step(gan: GAN, batches, batch_size: int, d_steps: int) -> dict[str, Te
     """`d_steps` discriminator updates, each on a fresh real and noise batch, then one generator update.
 
     Returns the step's statistics as device tensors: reading them is left to the caller, so no step syncs.
+    batch_size: the global batch; a process that shares the run with others draws it whole and keeps its slice.
     """
     for d_step in range(d_steps):
-        real, real_labels = batches.next(batch_size)  # already on the training device
-        z, fake_labels = gan.model.sample_latent(batch_size, real.device)
+        real, real_labels = gan.runtime.shard(*batches.next(batch_size))  # already on the training device
+        z, fake_labels = gan.runtime.shard(*gan.model.sample_latent(batch_size, real.device))
         fake, d_stats = discriminator_step(gan, real, real_labels, z, fake_labels, keep_graph=d_step == d_steps - 1)
     g_stats = generator_step(gan, fake, fake_labels)
     for scheduler in gan.schedulers:

@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -22,6 +22,7 @@ from ganlab import checkpoint as ckpt
 from ganlab.config import CONF_DIR, build, register_configs, resolve_image_size, validate
 from ganlab.data import make_batches
 from ganlab.device import resolve_device, seed_everything
+from ganlab.distributed import Runtime, join_submitit_tasks, start, world_from_env
 from ganlab.errors import DivergedError, GanlabError
 from ganlab.evaluate import evaluate
 from ganlab.hparams import RunRecord
@@ -97,15 +98,20 @@ class EvalSchedule:
         return True
 
 
-def stop_reason(step: int, cfg: DictConfig, clock: Clock, stop: StopSignals) -> str | None:
-    """Why the run ends after `step`, or None to go on: completed, time_budget, or stopped by a signal."""
+def stop_reason(step: int, cfg: DictConfig, clock: Clock, stop: StopSignals, runtime: Runtime) -> str | None:
+    """Why the run ends after `step`, or None to go on: completed, time_budget, or stopped by a signal.
+
+    Every process of a distributed run acts on the same answer (`Runtime.agree`); the time budget is rank 0's,
+    whose clock leaves out its evaluations, which the other ranks spend waiting.
+    """
+    reason = None
     if step >= cfg.train.steps:
-        return "completed"
-    if cfg.train.max_seconds is not None and clock.seconds() >= cfg.train.max_seconds:
-        return "time_budget"
-    if stop.requested is not None:
-        return f"stopped by {stop.requested}"
-    return None
+        reason = "completed"
+    elif runtime.is_writer and cfg.train.max_seconds is not None and clock.seconds() >= cfg.train.max_seconds:
+        reason = "time_budget"
+    elif stop.requested is not None:
+        reason = f"stopped by {stop.requested}"
+    return runtime.agree(reason)
 
 
 def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None) -> dict:
@@ -121,7 +127,8 @@ def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None)
     validate(cfg)
     resolve_image_size(cfg)
     run_dir = Path(run_dir)
-    with RunLock.acquire(run_dir):
+    writer = world_from_env()[0] == 0  # under torchrun, rank 0 holds the folder for all ranks
+    with RunLock.acquire(run_dir) if writer else nullcontext():
         done = open_run(run_dir, cfg)
         if done is not None:
             log.info(
@@ -132,16 +139,31 @@ def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None)
 
 
 def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
-    """The training loop of `train`, in a run dir that is locked and checked."""
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    """The training loop of `train`, in a run dir that is locked and checked.
+
+    Under torchrun every rank runs this same loop on its slice of each batch (`ganlab.distributed`); `writer`
+    (rank 0) alone writes files and evaluates, and the others take care to draw exactly the random numbers it draws.
+    """
+    runtime = start(resolve_device(cfg.device), cfg.train.batch_size)
+    try:
+        return _train_as(cfg, run_dir, record, runtime)
+    finally:
+        runtime.close()
+
+
+def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtime) -> dict:
+    """`_train`, as the process `runtime` describes."""
+    device, writer = runtime.device, runtime.is_writer
+    if not writer:  # one console, rank 0's: the other ranks log only warnings and errors
+        log.setLevel(logging.WARNING)
+    seed_everything(cfg.seed)  # the same on every rank: they draw the same global batches and keep their slices
 
     source = build(cfg.dataset, "dataset")
-    gan = build_gan(cfg, device, source.num_classes)
+    gan = build_gan(cfg, device, source.num_classes, runtime)
     model = gan.model
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size, cfg.seed)
     fixed_noise, fixed_labels = model.grid_latent(cfg.log.num_samples, device)
-    evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled else None
+    evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled and writer else None
 
     start_step, seconds_before = 0, 0.0
     if ckpt.has_checkpoint(run_dir):  # train.resume is true here: a false one raised in open_run
@@ -151,40 +173,43 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         fixed_labels = fixed_labels.to(device) if fixed_labels is not None else None
         log.info("resuming %s from step %d", run_dir, start_step)
 
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    monitor = Monitor(run_dir, start_step)
+    if writer:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    monitor = Monitor(run_dir, start_step) if writer else None
     if start_step == 0:
-        monitor.start(cfg, record)
-        real_grid, _ = batches.next(cfg.log.num_samples)
-        monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
+        real_grid, _ = batches.next(cfg.log.num_samples)  # drawn on every rank, so their random streams stay equal
+        if writer:
+            monitor.start(cfg, record)
+            monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
 
     stats = RunningStats()
     speed = Throughput(start_step, cfg.train.batch_size * cfg.train.d_steps)
-    progress = Progress(cfg.train.steps, start_step, enabled=cfg.log.progress)
+    progress = Progress(cfg.train.steps, start_step, enabled=cfg.log.progress and writer)
     clock = Clock(seconds_before)
     schedule = EvalSchedule(cfg, start_step, clock)
     last: dict[str, float] = {}  # the latest scalar read
     scores: dict[str, float] = {}  # the latest evaluation
     status, step = "completed", start_step
-    if start_step >= cfg.train.steps:  # stopped or killed after its last checkpoint, before its summary
+    if start_step >= cfg.train.steps and writer:  # stopped or killed after its last checkpoint, before its summary
         log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
         with clock.evaluating():
             scores = log_scores(monitor, gan, evaluator, cfg.eval.num_samples, cfg.seed, step) if evaluator else {}
     with StopSignals() as stop:
         for step in range(start_step + 1, cfg.train.steps + 1):
             stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
-            reason = stop_reason(step, cfg, clock, stop)
+            reason = stop_reason(step, cfg, clock, stop, runtime)
             finishing = reason in DONE  # a signal checkpoints at once (a requeue notice leaves little time)
 
             if step % cfg.log.every == 0 or reason:
-                values = stats.read()
+                values = runtime.mean(stats.read())  # the global batch's: the same on every rank, NaN included
                 if not all_finite(values):
                     status = "diverged"
                     break
                 last = values | speed.read(step)
-                monitor.scalars(last, step)
+                if writer:
+                    monitor.scalars(last, step)
                 progress.update(step, last)
-            if finishing or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
+            if writer and (finishing or (cfg.log.sample_every and step % cfg.log.sample_every == 0)):
                 log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
             if evaluator is not None and (finishing or schedule.due(step, clock)):
                 with clock.evaluating():  # the final evaluation scores its full count, the ones before fewer
@@ -194,8 +219,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
                     status = "diverged"
                     break
-                state = ckpt.training_state(step, clock.seconds(), gan, fixed_noise, fixed_labels, cfg, batches)
-                ckpt.save_checkpoint(run_dir, state)
+                if writer:
+                    state = ckpt.training_state(step, clock.seconds(), gan, fixed_noise, fixed_labels, cfg, batches)
+                    ckpt.save_checkpoint(run_dir, state)
             if reason:
                 status = reason
                 break
@@ -209,9 +235,10 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
         "final": last | scores,
         "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
     }
-    write_json(run_dir / "metrics.json", summary)  # first: the run's result must not hang on TensorBoard's extras
-    monitor.finish(status, cfg, record, tags=last | scores)  # HPARAMS: the run's status, and the columns once
-    monitor.close()
+    if writer:
+        write_json(run_dir / "metrics.json", summary)  # first: the run's result must not hang on TensorBoard's extras
+        monitor.finish(status, cfg, record, tags=last | scores)  # HPARAMS: the run's status, and the columns once
+        monitor.close()
     log.info("%s at step %d; outputs in %s", status, step, run_dir)
     try:  # a launcher's own handler runs once the checkpoint is safe: submitit requeues the job (and exits) here
         stop.forward()
@@ -244,6 +271,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if multirun and "submitit" in str(OmegaConf.select(hydra_cfg, "launcher._target_")):
+        join_submitit_tasks()  # a job of several tasks trains one run across them
     share_machine(cfg.device, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
     try:
         summary = train(cfg, run_dir, RunRecord.from_hydra(cfg, hydra_cfg, multirun))
@@ -259,14 +288,15 @@ def main(cfg: DictConfig) -> float:
                         sorted(summary["metrics"]))  # fmt: skip
         return objective(summary, cfg.eval.objective)
     except GanlabError as error:
-        print(f"ganlab: error: {error}", file=sys.stderr)
+        if world_from_env()[0] == 0:  # under torchrun every rank meets the same error: one line, rank 0's
+            print(f"ganlab: error: {error}", file=sys.stderr)
         if not multirun:
             lock = held_lock(run_dir)  # the callback's: a run that could not start leaves no folder behind
             if lock is not None and not isinstance(error, DivergedError):
                 lock.discard_if_unused()
             sys.exit(error.exit_code)
-        if not isinstance(error, (DivergedError, RunDirBusy)):  # a busy folder belongs to the run that holds it
-            record_failure(run_dir, str(error))
+        if not isinstance(error, (DivergedError, RunDirBusy)) and world_from_env()[0] == 0:  # a busy folder is
+            record_failure(run_dir, str(error))  # the holder's; rank 0 records for all ranks
     except Exception as error:
         if not multirun:
             raise

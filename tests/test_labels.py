@@ -188,9 +188,9 @@ class Recorded:
 
 
 class RecordedPenalty(GradientPenalty):
-    def penalty(self, discriminator, real, fake, y=None):
+    def penalty(self, discriminator, real, fake, y=None, runtime=None):
         self.labels = y
-        return super().penalty(discriminator, real, fake, y)
+        return super().penalty(discriminator, real, fake, y, runtime)
 
 
 def test_the_step_passes_real_and_fake_labels_to_g_d_and_the_penalty(data_root):
@@ -224,6 +224,10 @@ class ClassWeights(torch.nn.Module):
 
     def forward(self, x, y):
         return (self.weight[y] * x.flatten(1)).sum(dim=1)
+
+    def split_outputs(self, outputs, labels):
+        """Its outputs are the logits, with no extra loss terms (the discriminator interface)."""
+        return outputs, {}
 
 
 def test_the_gradient_penalty_takes_the_gradient_with_the_labels_held_fixed():
