@@ -184,3 +184,24 @@ def wait_for(condition, what: str, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+# the real datasets, beside the repository (CI clones it with shared/ next to it)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def mnist_net():
+    """The shipped MNIST feature net (ganlab/feature_nets), loaded once."""
+    from ganlab.features import load_feature_net
+
+    return load_feature_net("mnist")
+
+
+@pytest.fixture(scope="session")
+def real_mnist_test():
+    """The real MNIST test split, uint8 (10000, 1, 28, 28), and its labels; skips when ../shared/data is absent."""
+    if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.skip(f"the real MNIST is not in {SHARED_DATA} (MNIST/raw/t10k-images-idx3-ubyte)")
+    data = torchvision.datasets.MNIST(str(SHARED_DATA), train=False, download=False)
+    return data.data.unsqueeze(1), data.targets

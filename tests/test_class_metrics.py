@@ -12,12 +12,10 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from conftest import compose_config, fixture_train_images
 from omegaconf import OmegaConf
 
@@ -27,7 +25,6 @@ from ganlab.features import load_feature_net, prepare_images
 from ganlab.metrics import SampleQuality
 from ganlab.report import higher_is_better, shown_metrics
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAST = {"kid_subsets": 10}  # KID subsets per compute: 10 instead of 100 keeps each compute well under a second
 CLASS_KEYS = {"accuracy", "accuracy_min", "intra_fid"}
 IMAGES = fixture_train_images("mnist")  # uint8 (64, 1, 28, 28), noise; the fixture's test split has label i % 10
@@ -35,20 +32,6 @@ LABELS = np.arange(len(IMAGES)) % 10
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: scores must not depend on the thread count
-
-
-@pytest.fixture(scope="module")
-def mnist_net():
-    return load_feature_net("mnist")
-
-
-@pytest.fixture(scope="module")
-def real_mnist_test():
-    """The real MNIST test split, uint8 (10000, 1, 28, 28), and its labels; skips when ../shared/data is absent."""
-    if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.skip(f"the real MNIST is not in {SHARED_DATA} (MNIST/raw/t10k-images-idx3-ubyte)")
-    data = torchvision.datasets.MNIST(str(SHARED_DATA), train=False, download=False)
-    return data.data.unsqueeze(1), data.targets
 
 
 def noise_images(n: int, seed: int) -> torch.Tensor:

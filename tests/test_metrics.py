@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 from ganlab.errors import DataError
 from ganlab.features import (
@@ -29,26 +28,11 @@ from ganlab.features import (
 from ganlab.metrics import SampleQuality, inception_fid, kl_from_uniform
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHIPPED = ("mnist", "fashion_mnist", "cifar10")
 FAST = {"kid_subsets": 10}  # KID subsets per compute: 10 instead of 100 keeps each compute well under a second
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: scores must not depend on the thread count
-
-
-@pytest.fixture(scope="module")
-def mnist_net():
-    return load_feature_net("mnist")
-
-
-@pytest.fixture(scope="module")
-def real_mnist_test():
-    """The real MNIST test split, uint8 (10000, 1, 28, 28), and its labels; skips when ../shared/data is absent."""
-    if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.skip(f"the real MNIST is not in {SHARED_DATA} (MNIST/raw/t10k-images-idx3-ubyte)")
-    data = torchvision.datasets.MNIST(str(SHARED_DATA), train=False, download=False)
-    return data.data.unsqueeze(1), data.targets
 
 
 def digit_like_shapes(n: int, seed: int) -> torch.Tensor:
