@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ganlab.device import rng_state, set_rng_state
 from ganlab.errors import ConfigError
 
 log = logging.getLogger("ganlab")
@@ -93,6 +94,16 @@ class Runtime:
         tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return dict(zip(values, (tensor / self.world_size).tolist(), strict=True))
+
+    def share_random_state(self) -> None:
+        """Give every rank rank 0's random state (python, numpy, torch), after work rank 0 alone did: building the
+        evaluator draws a feature net's initial weights. The ranks' streams, and so their batches, are equal again,
+        and equal to one process's."""
+        if not self.distributed:
+            return
+        state = [rng_state() if self.is_writer else None]
+        dist.broadcast_object_list(state, src=0)
+        set_rng_state(state[0])
 
     def barrier(self) -> None:
         if self.distributed:

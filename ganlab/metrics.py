@@ -50,6 +50,9 @@ from ganlab.manifold import NEAREST_K, ManifoldMetrics
 log = logging.getLogger(__name__)
 
 COVERAGE_SHARE = 0.01  # a class counts as covered when it holds at least this share of the generated images
+# every score is computed in one process (rank 0 of a run across processes): torchmetrics must not wait for the
+# other ranks to gather their (absent) samples, which it would do whenever a process group exists
+IN_THIS_PROCESS = {"sync_on_compute": False}
 # torch-fidelity's Inception-V3 weights, as torch.hub caches them (what FrechetInceptionDistance(feature=2048) loads)
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -92,11 +95,16 @@ class SampleQuality:
         self.seed = seed
         extractor = Embeddings(self.net.num_features)  # the net runs once per batch, in embed(); see update()
         # reset_real_features=False: reset() clears only the generated side; the reference statistics stay
-        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(self.device)
+        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False, **IN_THIS_PROCESS)
+        self.fid = self.fid.to(self.device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save all extracted features")
             self.kid = KernelInceptionDistance(
-                feature=extractor, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False
+                feature=extractor,
+                subsets=kid_subsets,
+                subset_size=kid_subset_size,
+                reset_real_features=False,
+                **IN_THIS_PROCESS,
             ).to(self.device)
         self.num_reference = len(reference)
         # one FID per class for intra_fid, its real side filled below from the same embeddings, once
@@ -104,7 +112,9 @@ class SampleQuality:
         if reference_labels is not None:
             reference_labels = reference_labels.to(self.device, torch.long)
             self.class_fid = {
-                k: FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(self.device)
+                k: FrechetInceptionDistance(feature=extractor, reset_real_features=False, **IN_THIS_PROCESS).to(
+                    self.device
+                )
                 for k in reference_labels.unique().tolist()
             }
         self.reference_classes = set(self.class_fid)
@@ -257,7 +267,8 @@ def inception_fid(
         log.warning("Inception FID skipped: its weights are not at %s (download them there once, online).", path)
         return None
     try:
-        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path)).to(real.device)
+        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), **IN_THIS_PROCESS)
+        metric = metric.to(real.device)
         with torch.no_grad():
             for images, is_real in ((real, True), (generated, False)):
                 for batch in images.split(batch_size):

@@ -164,6 +164,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size, cfg.seed)
     fixed_noise, fixed_labels = model.grid_latent(cfg.log.num_samples, device)
     evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled and writer else None
+    runtime.share_random_state()  # the evaluator drew random numbers on rank 0 alone
 
     start_step, seconds_before = 0, 0.0
     if ckpt.has_checkpoint(run_dir):  # train.resume is true here: a false one raised in open_run

@@ -82,6 +82,8 @@ def assert_close_runs(a: Path, b: Path, exact: bool = False) -> None:
 )
 def test_two_ranks_train_what_one_process_trains_with_the_same_global_batch(tmp_path, data_root, case):
     overrides = [*case, *dataset_overrides("mnist", data_root), *QUICK, "train.steps=30", "train.batch_size=32"]
+    # rank 0 alone evaluates, twice during the run and at its end: the ranks' random streams must stay equal
+    overrides += ["eval.enabled=true", "eval.times=3", "eval.num_samples=20", "eval.during_samples=20"]
     train(compose_config(overrides), tmp_path / "one")
     code, out, err = finish(torchrun(*overrides, f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path))
     assert code == 0, err[-3000:]
