@@ -78,7 +78,10 @@ class Mixture:
     def picture(
         self, samples: Tensor, value_range: tuple[float, float], labels: Tensor | None = None, size: int = 256
     ) -> Tensor:
-        """A (3, size, size) scatter of `samples` (white) over the mixture's modes (red), for TensorBoard."""
+        """A (3, size, size) scatter of `samples` (white) over the mixture's modes (red), for TensorBoard.
+
+        labels: the modes a conditional model was asked for, which a scatter does not show (the signature is the
+        image sources' `picture`)."""
         points = self.from_range(samples.detach().cpu(), value_range)
         picture = torch.zeros(3, size, size)
 
