@@ -244,7 +244,10 @@ def test_the_gradient_penalty_takes_the_gradient_with_the_labels_held_fixed():
 # --- nothing changes for the existing models ----------------------------------------------------------------------
 
 # Recorded with the code before labels existed (torch 2.x, CPU, one thread): the final scalars of 3-step runs on the
-# fixture data. The label refactor must not change a bit of them.
+# fixture data. The label refactor changed none of them on the machine that recorded them. Another CPU's float32
+# kernels (AVX2 against AVX-512) differ in the last bits, about 1e-6 relative after 3 steps, so the check allows 1e-4:
+# a changed random stream or a changed step moves these numbers by far more.
+MATCH = {"rel": 1e-4, "abs": 1e-6}
 BEFORE_LABELS = {
     "mlp_mnist_memory": (
         ["model=mlp", "model.hidden=16", "train.ema_decay=0.9"],
@@ -333,12 +336,12 @@ BEFORE_LABELS = {
 
 
 @pytest.mark.parametrize("case", sorted(BEFORE_LABELS))
-def test_results_are_bit_identical_to_before_labels(tmp_path, data_root, case):
+def test_results_are_those_before_labels(tmp_path, data_root, case):
     overrides, kind, before = BEFORE_LABELS[case]
     summary = train(compose_config(QUICK + dataset_overrides(kind, data_root) + overrides), tmp_path / case)
     weights = read_checkpoint(tmp_path / case / CHECKPOINT)["model"].values()
     after = summary["final"] | {"param_sum": float(sum(v.double().sum() for v in weights if v.is_floating_point()))}
-    assert {name: after[name] for name in before} == before
+    assert {name: after[name] for name in before} == pytest.approx(before, **MATCH)
 
 
 def test_the_checkpoint_keeps_the_fixed_labels_and_older_ones_still_restore(tmp_path, data_root):
