@@ -1,1 +1,1 @@
-"""ganlab: a Hydra-configured GAN experiment runner. The entry point is `ganlab-train` (ganlab.train.main)."""
+"""ganlab: a Hydra-configured GAN experiment runner. The entry point is `ganlab-train` (ganlab.entry.train)."""

@@ -20,40 +20,58 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 
-from ganlab.checkpoint import load_checkpoint
-from ganlab.config import CONF_DIR, DEVICE_TYPES, build
+from ganlab.checkpoint import CHECKPOINT, PREVIOUS, has_checkpoint, load_checkpoint
+from ganlab.config import CONF_DIR, DEVICE_TYPES, EvalConfig, build
 from ganlab.data import ImageSource, to_uint8
 from ganlab.device import resolve_device
-from ganlab.errors import CheckpointError, ConfigError, DataError, GanlabError
+from ganlab.entry import run_command
+from ganlab.errors import CheckpointError, ConfigError, DataError
 from ganlab.evaluate import evaluate, generate
 from ganlab.image_files import open_samples, to_uint8_images
 from ganlab.models.base import OUTPUT_RANGES
+from ganlab.rundir import SUMMARY
 from ganlab.step import build_model
+
+EVAL_SAMPLES = EvalConfig.num_samples  # what a run's final evaluation scores (10,000), and ganlab-eval's default
+GRID_MOST = 256  # samples in ganlab-sample's PNG: a 16 x 16 grid stays readable
+RUN_MARKS = (CHECKPOINT, PREVIOUS, SUMMARY)  # what a folder holds once ganlab-train has run in it
 
 
 def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[str, dict[str, str]]:
-    """The first argument and the `key=value` options after it, checked against `defaults`."""
-    if not arguments or "=" in arguments[0] or arguments[0] in ("-h", "--help"):
+    """The target (a run folder, a file, `calibrate`) and the `key=value` options, checked against `defaults`.
+
+    Run folders are named by their overrides (`experiment=best_mlp_mnist,seed=1`), so an `=` does not make an
+    option: an argument is the target when it exists on disk or its key is none of the command's, and an option
+    otherwise.
+    """
+    if not arguments or any(argument in ("-h", "--help") for argument in arguments):
         raise ConfigError(f"usage: {usage}")
-    options = dict(defaults)
-    for argument in arguments[1:]:
-        key, _, value = argument.partition("=")
-        if not _ or (key not in defaults and not key.startswith("dataset.")):
-            raise ConfigError(f"{argument!r} is not an option: use key=value with a key from {sorted(defaults)}.")
-        options[key] = value
+    options, targets = dict(defaults), []
+    for position, argument in enumerate(arguments):
+        key, equals, value = argument.partition("=")
+        if equals and (key in defaults or key.startswith("dataset.")) and not Path(argument).exists():
+            options[key] = value
+        elif targets or (position > 0 and equals and "/" not in argument):
+            raise ConfigError(
+                f"{argument!r} is not an option of this command, nor an existing path: use key=value with a key "
+                f"from {sorted(defaults)} (usage: {usage})."
+            )
+        else:
+            targets.append(argument)
+    if not targets:
+        raise ConfigError(f"no run folder or file was given: usage: {usage}")
     for key, minimum, what in (("n", 2, "images"), ("seed", 0, "the sampling seed")):
         value = options.get(key, "")
         if value and not (value.isdigit() and int(value) >= minimum):
             raise ConfigError(f"{key}={value} is not allowed: it must be a whole number >= {minimum} ({what}).")
     if options.get("device", "auto") not in DEVICE_TYPES:
         raise ConfigError(f"device={options['device']} is not allowed: use one of {list(DEVICE_TYPES)}.")
-    return arguments[0], options
+    return targets[0], options
 
 
 def load_run(run_dir: Path, device_type: str):
     """The run's resolved config, its model with the checkpoint's weights, and its EMA generator (or None)."""
-    if not (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir} is not a ganlab run dir: it has no config.yaml; pass the folder of a run.")
+    check_run_dir(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     device = resolve_device(OmegaConf.create({"type": device_type, "threads": None}))
     state = load_checkpoint(run_dir)
@@ -67,6 +85,23 @@ def load_run(run_dir: Path, device_type: str):
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not fit its config.yaml ({error}).") from None
     return cfg, model.to(device), (ema.module.to(device) if ema is not None else None)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, in one sentence, a folder that is not a run `ganlab-train` wrote, or a run without a checkpoint yet."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} does not exist: pass the folder of a run (outputs/runs/... or a sweep's job).")
+    started = (run_dir / "config.yaml").exists() and any((run_dir / name).exists() for name in RUN_MARKS)
+    if not started:
+        raise ConfigError(
+            f"{run_dir} is not a ganlab run dir (it has no config.yaml beside a checkpoint or metrics.json): pass "
+            f"the folder of a run, e.g. one under outputs/runs/ or a sweep's job folder."
+        )
+    if not has_checkpoint(run_dir):
+        raise CheckpointError(
+            f"the run {run_dir} has no checkpoint yet (it ended before its first, train.checkpoint_every): "
+            f"continue it with the command that started it."
+        )
 
 
 def pick_generator(model, ema, weights: str) -> torch.nn.Module:
@@ -91,6 +126,17 @@ def asked_labels(option: str, model, n: int, run_dir: Path) -> torch.Tensor | No
     return torch.full((n,), int(option), dtype=torch.long)
 
 
+def grid_order(labels: torch.Tensor | None, n: int, most: int = GRID_MOST) -> torch.Tensor:
+    """The samples `ganlab-sample`'s PNG shows, in order: for samples of several classes, one row per class (as many
+    of each as every class has, at most `most` in all); else the first `most`."""
+    if labels is None or labels.unique().numel() < 2:
+        return torch.arange(min(n, most))
+    labels = labels.cpu()
+    classes = labels.unique()
+    per_class = min(min(int((labels == k).sum()) for k in classes), max(1, most // len(classes)))
+    return torch.cat([torch.nonzero(labels == k).flatten()[:per_class] for k in classes])
+
+
 def sample_command(arguments: list[str]) -> None:
     usage = "ganlab-sample <run_dir> [n=10000] [class=K] [out=samples.npz] [weights=ema|raw] [seed=0] [device=auto]"
     target, options = parse(arguments, {"n": "10000", "class": "", "out": "samples.npz", "weights": "", "seed": "0",
@@ -110,7 +156,9 @@ def sample_command(arguments: list[str]) -> None:
     else:
         arrays["images"] = to_uint8(samples, model.output_range).cpu().numpy()
     np.savez_compressed(out, **arrays)
-    save_image(source.picture(samples[:64], model.output_range), out.with_suffix(".png"))
+    shown = grid_order(labels, n)
+    picture_labels = labels[shown] if labels is not None and labels.unique().numel() > 1 else None
+    save_image(source.picture(samples[shown], model.output_range, picture_labels), out.with_suffix(".png"))
     shape = arrays.get("images", arrays.get("points")).shape
     print(json.dumps({"out": str(out), "grid": str(out.with_suffix(".png")), "shape": list(shape), "weights": weights}))
 
@@ -163,6 +211,7 @@ def scores_of_file(path: Path, options: dict[str, str], overrides: list[str], de
     images = to_uint8_images(samples.array, f"{path}{f' ({samples.key})' if samples.key else ''}")[:count]
     quality = image_quality(source, device)
     labels = file_labels(path, samples, count, quality.reference_classes, f"dataset {source.name}'s test split")
+    warn_if_few(len(images))
     return quality.compute(images, labels)
 
 
@@ -196,6 +245,7 @@ def scores_of_points(path: Path, samples, source, count: int | None, device: tor
     evaluator = source.evaluator(device, value_range)
     points = source.to_range(torch.as_tensor(samples.array)[:count], value_range)
     labels = file_labels(path, samples, count, range(source.num_classes), f"dataset {source.name}")
+    warn_if_few(len(points))
     return evaluator(points.to(device), None if labels is None else labels.to(device))
 
 
@@ -214,7 +264,20 @@ def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) 
     if evaluator is None:
         return {}
     named_generators = [("", model.generator)] + ([("_ema", ema)] if ema is not None else [])
-    return evaluate(named_generators, model, evaluator, int(options["n"] or 10000), int(options["seed"]))
+    count = int(options["n"] or EVAL_SAMPLES)
+    warn_if_few(count)
+    return evaluate(named_generators, model, evaluator, count, int(options["seed"]))
+
+
+def warn_if_few(count: int) -> None:
+    """One line on stderr when fewer samples are scored than a run's final evaluation scores: FID and KID are then
+    biased up (and precision, recall and coverage shift), so such a score compares only with others of its count."""
+    if count < EVAL_SAMPLES:
+        print(
+            f"ganlab: warning: scoring {count} samples, fewer than the {EVAL_SAMPLES} of a run's final evaluation "
+            f"(eval.num_samples): FID and KID are biased up, so compare only scores of the same count.",
+            file=sys.stderr,
+        )
 
 
 def calibrate_command(options: dict[str, str], overrides: list[str], device: torch.device) -> str:
@@ -250,19 +313,11 @@ def eval_command(arguments: list[str]) -> None:
         print(json.dumps(scores_of_file(path, options, overrides, device), sort_keys=True))
 
 
-def _run(command) -> None:
-    try:
-        command(sys.argv[1:])
-    except GanlabError as error:
-        print(f"ganlab: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-
-
 def sample_main() -> None:
-    """Entry point of `ganlab-sample`."""
-    _run(sample_command)
+    """`ganlab-sample` (the console script is ganlab.entry.sample, which imports this module inside its handler)."""
+    run_command(sample_command, sys.argv[1:])
 
 
 def eval_main() -> None:
-    """Entry point of `ganlab-eval`."""
-    _run(eval_command)
+    """`ganlab-eval` (the console script is ganlab.entry.evaluate)."""
+    run_command(eval_command, sys.argv[1:])

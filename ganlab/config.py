@@ -5,15 +5,20 @@ their `_target_`, and their constructors check their own arguments. The fixed se
 wrong type fails at composition and a wrong range fails in `validate` before anything is built or written.
 """
 
+import difflib
+import importlib.resources
+import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.errors import InstantiationException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ganlab.errors import ConfigError, GanlabError
 
@@ -188,3 +193,104 @@ def build(node: DictConfig, key: str, **kwargs):
         raise ConfigError(
             f"{key} could not be built from {node._target_} ({cause}): check the {key}.* values."
         ) from None
+
+
+PATH_KEYS = ("root", "test_root")  # dataset keys that name folders, saved absolute so a run is read from anywhere
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Make `dataset.root` and `dataset.test_root` absolute (and expand ~): relative to the folder the command runs in,
+    which `ganlab-eval RUN` and `ganlab-sample RUN` need not share."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg.dataset, key, throw_on_missing=False)
+        if isinstance(value, str):
+            cfg.dataset[key] = os.path.abspath(os.path.expanduser(value))
+
+
+def _flat_keys(node, prefix: str = "") -> set[str]:
+    """The dotted keys of a nested dict, a list's entries too: {"train.steps", "train.betas", "train.betas.0", ...}."""
+    if isinstance(node, dict):
+        return {key for name, value in node.items() for key in _flat_keys(value, f"{prefix}{name}.")}
+    entries = enumerate(node) if isinstance(node, list) else []
+    return {prefix[:-1]} | {key for index, value in entries for key in _flat_keys(value, f"{prefix}{index}.")}
+
+
+def _constructor_keys(target: str) -> set[str]:
+    """The keyword arguments a `_target_` class takes, through the `**options` it passes to its parents."""
+    try:
+        klass = get_class(target)
+    except (ImportError, AttributeError, ValueError):
+        return set()
+    names = set()
+    for parent in klass.__mro__:
+        parameters = inspect.signature(parent.__init__).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def known_keys(config_dirs: list[Path]) -> set[str]:
+    """Every key ganlab's config can hold: the typed sections' fields, and for each group (model, loss, ...) the keys
+    of its options' YAML files in `config_dirs` and the arguments of their `_target_` classes."""
+    keys = _flat_keys(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    for folder in config_dirs:
+        for path in folder.glob("*/*.yaml"):
+            option = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+            option.pop("defaults", None)
+            is_global = "@package _global_" in path.read_text().split("\n", 1)[0]
+            prefix = "" if is_global else f"{path.parent.name}."
+            keys |= {prefix + key for key in _flat_keys(option)}
+            if isinstance(option.get("_target_"), str):
+                keys |= {prefix + key for key in _constructor_keys(option["_target_"])}
+    return keys
+
+
+def _config_dirs(overrides: list) -> list[Path]:
+    """The folders whose groups the command composes: ganlab's conf/ and those `hydra.searchpath` adds."""
+    folders = [CONF_DIR]
+    for override in overrides:
+        if override.key_or_group == "hydra.searchpath" and isinstance(override.value(), list):
+            for entry in map(str, override.value()):
+                if entry.startswith("file://"):
+                    folders.append(Path(entry.removeprefix("file://")))
+                elif entry.startswith("pkg://"):
+                    folders.append(Path(str(importlib.resources.files(entry.removeprefix("pkg://")))))
+    return folders
+
+
+def check_command_line(arguments: list[str]) -> None:
+    """Refuse an override of a key ganlab's config does not have, with or without `+`, naming the nearest key.
+
+    Hydra would suggest `+train.stepz=100` for a typo, and then train a run that ignores the key. Group choices
+    (`loss=foo`, whose options Hydra lists), Hydra's own keys, and commands with another primary config are left to
+    Hydra, and so is an override it cannot parse.
+    """
+    if any(argument.split("=")[0] in ("-cp", "--config-path", "-cn", "--config-name") for argument in arguments):
+        return
+    items, extra_dirs = [], []
+    for position, argument in enumerate(arguments):
+        if argument.split("=")[0] in ("-cd", "--config-dir"):
+            extra_dirs.append(Path(argument.split("=", 1)[1] if "=" in argument else arguments[position + 1]))
+        elif not argument.startswith("-") and ("=" in argument or argument.startswith("~")):
+            items.append(argument)
+    try:
+        overrides = OverridesParser.create().parse_overrides(items)
+        config_dirs = _config_dirs(overrides) + extra_dirs
+    except (HydraException, ModuleNotFoundError, TypeError):
+        return
+    groups = {path.name for folder in config_dirs if folder.is_dir() for path in folder.iterdir() if path.is_dir()}
+    keys = None
+    for override in overrides:
+        key = override.key_or_group
+        hydra_own = key.split("/")[0].split(".")[0] == "hydra"
+        if override.package is not None or hydra_own or "/" in key or key in groups:  # Hydra's, or a group choice
+            continue
+        keys = keys if keys is not None else known_keys(config_dirs)
+        if key in keys:
+            continue
+        section = key.split(".")[0] + "."
+        candidates = sorted(k for k in keys if k.startswith(section)) if "." in key else sorted(keys - groups)
+        nearest = difflib.get_close_matches(key, candidates or sorted(keys - groups), n=1, cutoff=0.5)
+        hint = f"did you mean {nearest[0]}?" if nearest else "`ganlab-train --help` lists every key."
+        raise ConfigError(f"{key} is not a key of ganlab's config, with or without +: {hint}")

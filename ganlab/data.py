@@ -17,6 +17,7 @@ Both paths produce exactly what the torchvision transform Resize -> CenterCrop -
 import copy
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -206,9 +207,9 @@ class ImageSource:
         return ImageScores(quality, value_range)
 
     def picture(self, images: Tensor, value_range: tuple[float, float], labels: Tensor | None = None) -> Tensor:
-        """A (3, H, W) grid of `images` for TensorBoard and PNG files, 8 wide; with the `labels` of a conditional
-        model's grid (`GANModel.grid_latent`, class-major), one row per class."""
-        columns = 8 if labels is None else int((labels == labels[0]).sum())
+        """A (3, H, W) grid of `images` for TensorBoard and PNG files, about square (64 images: 8 x 8); with the
+        `labels` of a conditional model's grid (`GANModel.grid_latent`, class-major), one row per class."""
+        columns = math.ceil(math.sqrt(len(images))) if labels is None else int((labels == labels[0]).sum())
         return make_grid(images.detach().float().cpu(), nrow=columns, normalize=True, value_range=tuple(value_range))
 
 

@@ -31,7 +31,8 @@ from ganlab.errors import ConfigError
 log = logging.getLogger("ganlab")
 
 # the reasons a run stops, in the order they win when ranks disagree (a signal beats the time budget)
-STOP_REASONS = (None, "completed", "time_budget", "stopped by SIGUSR1", "stopped by SIGUSR2", "stopped by SIGTERM")
+STOP_REASONS = (None, "completed", "time_budget", "stopped by SIGUSR1", "stopped by SIGUSR2", "stopped by SIGINT",
+                "stopped by SIGTERM")  # fmt: skip
 
 
 class Runtime:

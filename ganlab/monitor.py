@@ -192,39 +192,65 @@ class Throughput:
 
 
 class Progress:
-    """A progress bar on an interactive terminal; a log line per scalar read elsewhere (sweeps, CI)."""
+    """A progress bar on an interactive terminal; a log line per scalar read elsewhere (sweeps, CI).
 
-    def __init__(self, total: int, start: int, enabled: bool):
+    It counts towards the budget that will stop the run: `train.steps`, or the seconds of `train.max_seconds` when
+    at this pace they run out first, so its time left is the run's.
+    """
+
+    def __init__(self, steps: int, max_seconds: float | None, start: int, enabled: bool):
+        self.steps, self.max_seconds, self.by_time = steps, max_seconds, False
         self.bar = tqdm(
-            total=total, initial=start, unit="step", dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty())
+            total=steps, initial=start, unit="step", dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty())
         )
 
-    def update(self, step: int, values: dict[str, float]) -> None:
+    def update(self, step: int, seconds: float, values: dict[str, float]) -> None:
+        """Show `step` after `seconds` of training (the run's clock) and the latest losses."""
+        by_time = self.max_seconds is not None and seconds / self.max_seconds > step / self.steps
         d_loss, g_loss, rate = values["Loss/D"], values["Loss/G"], values["Speed/steps_per_second"]
         if self.bar.disable:
-            log.info("step %d/%d  Loss/D %.4f  Loss/G %.4f  %.1f steps/s", step, self.bar.total, d_loss, g_loss, rate)
+            done = f"{step} ({seconds:.0f}/{self.max_seconds:.0f} s)" if by_time else f"{step}/{self.steps}"
+            log.info("step %s  Loss/D %.4f  Loss/G %.4f  %.1f steps/s", done, d_loss, g_loss, rate)
             return
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix({"D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"})
+        if by_time != self.by_time:  # the time budget will stop the run first: count seconds from here on
+            self.by_time = by_time
+            self.bar.reset(total=round(self.max_seconds) if by_time else self.steps)
+            self.bar.unit = "s" if by_time else "step"
+        done = round(seconds) if by_time else step
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix({"step": step, "D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"} if by_time else
+                             {"D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"})  # fmt: skip
 
     def close(self) -> None:
         self.bar.close()
 
 
 class StopSignals:
-    """While active, SIGTERM, SIGUSR1 and SIGUSR2 ask the loop to checkpoint and return instead of killing the process.
+    """While active, SIGINT (Ctrl-C), SIGTERM, SIGUSR1 and SIGUSR2 ask the loop to checkpoint and return instead of
+    killing the process.
 
+    A second Ctrl-C aborts at once (KeyboardInterrupt), as terminal programs do: the run keeps its last checkpoint.
     SIGUSR2 is the signal submitit has SLURM send `signal_delay_s` before a job's time limit.
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.requested: str | None = None
+        self.interrupted = False  # a Ctrl-C came: the next one aborts
+        self.announce = announce  # say on stderr that a Ctrl-C was heard (one process of a distributed run says it)
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT":
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            if self.announce:
+                print("ganlab: Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again aborts at once)",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        self.requested = name
 
     def __enter__(self) -> "StopSignals":
         for name in self.SIGNALS:
@@ -250,5 +276,5 @@ class StopSignals:
             return
         number = getattr(signal, self.requested)
         previous = self._previous.get(number)
-        if callable(previous):
+        if callable(previous) and previous is not signal.default_int_handler:  # Python's own raises KeyboardInterrupt
             previous(number, None)

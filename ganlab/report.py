@@ -27,7 +27,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ganlab.errors import ConfigError, DataError, GanlabError
+from ganlab.entry import run_command
+from ganlab.errors import ConfigError, DataError
 
 USAGE = "ganlab-report <sweep_dir> [--metric NAME] [--out DIR]"
 DONE = ("completed", "time_budget")  # the statuses of a job that ran as far as its config asked
@@ -422,12 +423,8 @@ def report(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `ganlab-report`: a user error is one sentence on stderr and a non-zero exit."""
-    try:
-        report(sys.argv[1:] if argv is None else argv)
-    except GanlabError as error:
-        print(f"ganlab: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+    """`ganlab-report`: a user error is one sentence on stderr and a non-zero exit (ganlab.entry.run_command)."""
+    run_command(report, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

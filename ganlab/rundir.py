@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab import checkpoint as ckpt
-from ganlab.config import RESUMABLE_KEYS
+from ganlab.config import RESUMABLE_KEYS, absolute_paths
 from ganlab.errors import CheckpointError, ConfigError, GanlabError
 from ganlab.monitor import write_json
 from ganlab.report import DONE
@@ -211,8 +211,10 @@ def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
     the saved config lacks was added by a later ganlab, so a run written before it is continued as it was.
     """
     try:
-        saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
-    except (OSError, ValueError, TypeError):
+        saved_cfg = OmegaConf.load(run_dir / "config.yaml")
+        absolute_paths(saved_cfg)  # older runs saved paths as typed, relative to the folder the command ran in
+        saved = flatten(OmegaConf.to_container(saved_cfg))
+    except (OSError, ValueError, TypeError, AttributeError):
         return  # no readable config: the checkpoint's own check (restore) still guards the weights
     current = flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = [

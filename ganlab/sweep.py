@@ -12,6 +12,8 @@ import hashlib
 import logging
 import os
 import re
+import shlex
+import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab.config import EXECUTION_KEYS
+from ganlab.entry import INTERRUPTED
 
 log = logging.getLogger("ganlab")
 
@@ -178,17 +181,65 @@ def remember_command(config: DictConfig) -> None:
     OmegaConf.copy_cache(from_config=probe, to_config=config)
 
 
+STOPPED = ".stopped"  # in a sweep folder while a Ctrl-C stops the sweep: no job starts, and the sweep exits 130
+
+
+def sweep_stopped(sweep_dir: Path) -> bool:
+    """Whether a Ctrl-C stopped the sweep in `sweep_dir`: its jobs then start no training."""
+    return (Path(sweep_dir) / STOPPED).exists()
+
+
+def stop_sweep(sweep_dir: Path) -> None:
+    """Mark the sweep in `sweep_dir` stopped (by a Ctrl-C in the launching process or in a job's)."""
+    (Path(sweep_dir) / STOPPED).touch()
+
+
 class SweepSummary(Callback):
-    """Hydra callback: before a multirun, remember its command for the jobs; after it, log how many jobs completed
-    and list the ones that diverged or failed."""
+    """Hydra callback: before a multirun, remember its command for the jobs and say where it writes; after it, log
+    how many jobs completed and list the ones that diverged or failed.
+
+    A Ctrl-C stops a sweep as it stops a run. Jobs in other processes (joblib) get it too, checkpoint and return;
+    the launching process waits for them instead of killing them, no new job starts, and it exits 130 at the end.
+    A second Ctrl-C aborts at once.
+    """
+
+    def __init__(self):
+        self._previous_handler = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         remember_command(config)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / STOPPED).unlink(missing_ok=True)  # the same command continues a stopped sweep
+        log.info("sweeping in %s; watch it with: tensorboard --logdir %s", sweep_dir, shlex.quote(str(sweep_dir)))
+
+        interrupts = []
+
+        def interrupt(signum, frame) -> None:  # between two jobs of this process
+            if interrupts:
+                raise KeyboardInterrupt
+            interrupts.append(signum)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            stop_sweep(sweep_dir)
+
+        # Jobs in other processes (joblib, submitit) handle their own Ctrl-C, and mark the sweep stopped; this process
+        # ignores it, so it waits for them, and the workers it starts ignore it until their job listens
+        in_process = "BasicLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_"))
+        try:
+            self._previous_handler = signal.signal(signal.SIGINT, interrupt if in_process else signal.SIG_IGN)
+        except ValueError:  # not the main thread: leave signals to the caller
+            pass
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from ganlab.report import DONE, load_jobs  # the report's reading of a sweep dir, partial sweeps included
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+        if sweep_stopped(sweep_dir):
+            (sweep_dir / STOPPED).unlink()
+            print(f"ganlab: sweep {sweep_dir} stopped by Ctrl-C with its jobs' checkpoints: run the same command to "
+                  f"continue it.", file=sys.stderr)  # fmt: skip
+            sys.exit(INTERRUPTED)
         jobs = load_jobs(sweep_dir, curves=False)
         counts = Counter(job.status for job in jobs)
         log.info("sweep %s: %d jobs, %s", sweep_dir, len(jobs), ", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -7,6 +7,7 @@ every `train.checkpoint_every` a checkpoint. `main` only wraps `train` for the c
 
 import logging
 import math
+import shlex
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -19,10 +20,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab import checkpoint as ckpt
-from ganlab.config import CONF_DIR, build, register_configs, resolve_image_size, validate
+from ganlab.config import (
+    CONF_DIR,
+    absolute_paths,
+    build,
+    check_command_line,
+    register_configs,
+    resolve_image_size,
+    validate,
+)
 from ganlab.data import make_batches
 from ganlab.device import resolve_device, seed_everything
 from ganlab.distributed import Runtime, join_submitit_tasks, start, world_from_env
+from ganlab.entry import INTERRUPTED, run_command
 from ganlab.errors import DivergedError, GanlabError
 from ganlab.evaluate import evaluate
 from ganlab.hparams import RunRecord
@@ -30,7 +40,7 @@ from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Through
 from ganlab.report import DONE, higher_is_better
 from ganlab.rundir import RunDirBusy, RunLock, held_lock, open_run, record_failure
 from ganlab.step import build_gan, generators, sample_images, train_step
-from ganlab.sweep import parallel_jobs, register_resolvers, share_machine
+from ganlab.sweep import parallel_jobs, register_resolvers, share_machine, stop_sweep, sweep_stopped
 
 log = logging.getLogger("ganlab")
 
@@ -126,6 +136,7 @@ def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None)
     """
     validate(cfg)
     resolve_image_size(cfg)
+    absolute_paths(cfg)
     run_dir = Path(run_dir)
     writer = world_from_env()[0] == 0  # under torchrun, rank 0 holds the folder for all ranks
     with RunLock.acquire(run_dir) if writer else nullcontext():
@@ -176,6 +187,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
 
     if writer:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("training in %s; watch it with: tensorboard --logdir %s", run_dir, shlex.quote(str(run_dir)))
     monitor = Monitor(run_dir, start_step) if writer else None
     if start_step == 0:
         real_grid, _ = batches.next(cfg.log.num_samples)  # drawn on every rank, so their random streams stay equal
@@ -185,8 +197,8 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
 
     stats = RunningStats()
     speed = Throughput(start_step, cfg.train.batch_size * cfg.train.d_steps)
-    progress = Progress(cfg.train.steps, start_step, enabled=cfg.log.progress and writer)
     clock = Clock(seconds_before)
+    progress = Progress(cfg.train.steps, cfg.train.max_seconds, start_step, enabled=cfg.log.progress and writer)
     schedule = EvalSchedule(cfg, start_step, clock)
     last: dict[str, float] = {}  # the latest scalar read
     scores: dict[str, float] = {}  # the latest evaluation
@@ -195,7 +207,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
         log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
         with clock.evaluating():
             scores = log_scores(monitor, gan, evaluator, cfg.eval.num_samples, cfg.seed, step) if evaluator else {}
-    with StopSignals() as stop:
+    with StopSignals(announce=writer) as stop:
         for step in range(start_step + 1, cfg.train.steps + 1):
             stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
             reason = stop_reason(step, cfg, clock, stop, runtime)
@@ -209,7 +221,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
                 last = values | speed.read(step)
                 if writer:
                     monitor.scalars(last, step)
-                progress.update(step, last)
+                progress.update(step, clock.seconds(), last)
             if writer and (finishing or (cfg.log.sample_every and step % cfg.log.sample_every == 0)):
                 log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
             if evaluator is not None and (finishing or schedule.due(step, clock)):
@@ -261,8 +273,18 @@ register_configs()
 register_resolvers()
 
 
+def main() -> None:
+    """`ganlab-train`: refuse a key the config does not have before Hydra makes a folder, then run `hydra_main`.
+
+    Called through `ganlab.entry.run_command`, which turns that refusal, and a Ctrl-C outside the training loop (or
+    a second one inside it), into one line on stderr.
+    """
+    check_command_line(sys.argv[1:])
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Command-line wrapper: run `train`, and turn a user error into one sentence on stderr and a non-zero exit.
 
     In a multirun a job never raises, so one bad job cannot stop the sweep: a user error or a crash is recorded as
@@ -275,6 +297,8 @@ def main(cfg: DictConfig) -> float:
     if multirun and "submitit" in str(OmegaConf.select(hydra_cfg, "launcher._target_")):
         join_submitit_tasks()  # a job of several tasks trains one run across them
     share_machine(cfg.device, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
+    if multirun and sweep_stopped(hydra_cfg.sweep.dir):  # a Ctrl-C stopped the sweep: the same command runs this job
+        return math.inf
     try:
         summary = train(cfg, run_dir, RunRecord.from_hydra(cfg, hydra_cfg, multirun))
         if summary["status"] == "diverged":
@@ -282,6 +306,14 @@ def main(cfg: DictConfig) -> float:
                 f"the losses became NaN or Inf at step {summary['step']}: the run stopped, kept its last good "
                 f"checkpoint and wrote metrics.json in {run_dir}; lower train.lr or change the loss."
             )
+        if summary["status"] == "stopped by SIGINT" and multirun:  # the sweep ends once its running jobs have
+            stop_sweep(hydra_cfg.sweep.dir)  # checkpointed (SweepSummary), and exits 130 as a shell expects
+            return math.inf
+        if summary["status"] == "stopped by SIGINT":
+            if world_from_env()[0] == 0:
+                print(f"ganlab: stopped by Ctrl-C at step {summary['step']} with a checkpoint in {run_dir}: run the "
+                      f"same command to continue it.", file=sys.stderr)  # fmt: skip
+            sys.exit(INTERRUPTED)
         if summary["status"].startswith("stopped"):  # SIGTERM ends the sweep too; the same command continues it
             sys.exit(0)
         if cfg.eval.enabled and cfg.eval.objective not in summary["metrics"]:
@@ -311,4 +343,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

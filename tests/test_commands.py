@@ -1,15 +1,21 @@
 """`ganlab-sample` and `ganlab-eval` on real (tiny) runs, through their command functions and one real subprocess."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import compose_config, dataset_overrides
+from omegaconf import OmegaConf
+from PIL import Image
 
 from ganlab.cli import eval_command, sample_command
-from ganlab.errors import ConfigError
+from ganlab.config import CONF_DIR
+from ganlab.errors import CheckpointError, ConfigError
+from ganlab.sweep import command_folder, job_name
 from ganlab.train import train
 
 QUICK = ["train.steps=3", "train.batch_size=8", "log.progress=false", "device=cpu", "device.threads=1",
@@ -79,5 +85,101 @@ def test_eval_reports_bad_input_in_one_line(run_dir, tmp_path):
         eval_command([str(tmp_path), "bogus=1"])
     with pytest.raises(ConfigError, match="not a ganlab run dir"):
         sample_command([str(tmp_path)])
+    for not_a_run in (CONF_DIR, tmp_path / "missing"):  # conf/ holds a config.yaml, but no run ever trained there
+        with pytest.raises(ConfigError, match=f"^{not_a_run} (is not a ganlab run dir|does not exist)"):
+            sample_command([str(not_a_run)])
+    with pytest.raises(ConfigError, match="is not a ganlab run dir"):
+        eval_command([str(CONF_DIR)])
     with pytest.raises(ConfigError, match="dataset=mnist does not apply to the run"):
         eval_command([str(run_dir), "dataset=mnist"])
+
+
+def command(entry: str, *arguments, cwd: Path) -> subprocess.CompletedProcess:
+    """A console script (`ganlab.entry`'s `train`, `sample`, `evaluate`) run for real, in the folder `cwd`."""
+    code = f"import sys; from ganlab.entry import {entry}; sys.argv[0] = 'ganlab'; {entry}()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, arguments)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_the_tour_samples_and_scores_the_run_folder_the_command_line_named(tmp_path, data_root):
+    """The README's tour: a folder named by its overrides (with `=` and `,`), sampled and scored from another folder,
+    with the dataset's root given relative to the folder the run was started in."""
+    started, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    started.mkdir(), elsewhere.mkdir()
+    overrides = ["experiment=best_mlp_mnist", "train.steps=3", "model.hidden=16", "model.d_hidden=16",
+                 "eval.num_samples=32", "log.num_samples=4", "device=cpu", "device.threads=1"]  # fmt: skip
+    root = os.path.relpath(data_root, started)
+    trained = command("train", *overrides, f"dataset.root={root}", cwd=started)
+    assert trained.returncode == 0, trained.stderr
+    run_dir = started / "outputs" / "runs" / command_folder(["ganlab-train", *overrides, f"dataset.root={root}"])
+    assert "=" in run_dir.name and "," in run_dir.name and run_dir.is_dir()
+    assert Path(OmegaConf.load(run_dir / "config.yaml").dataset.root) == data_root  # saved absolute
+
+    sampled = command("sample", run_dir, "n=64", "out=digits.npz", cwd=elsewhere)
+    assert sampled.returncode == 0, sampled.stderr
+    with np.load(elsewhere / "digits.npz") as data:
+        assert data["images"].shape == (64, 1, 28, 28)
+    assert (elsewhere / "digits.png").exists()
+    scored = command("evaluate", run_dir, "n=32", cwd=elsewhere)
+    assert scored.returncode == 0, scored.stderr
+    assert {"fid", "fid_ema"} <= set(json.loads(scored.stdout))
+    # fewer samples than a run's final evaluation: one line says the FID is biased
+    assert scored.stderr.count("\n") == 1 and "warning: scoring 32 samples, fewer than the 10000" in scored.stderr
+
+
+def test_a_sweep_jobs_folder_is_sampled_and_scored(tmp_path, data_root):
+    argv = ["ganlab-train", "-m", "loss=bce,hinge", "seed=0,1"]
+    job = tmp_path / job_name(["loss=hinge", "seed=1"], argv)
+    assert job.name == "loss=hinge,seed=1"
+    train(compose_config(QUICK + dataset_overrides("mnist", data_root) + ["loss=hinge", "seed=1"]), job)
+    sample_command([str(job), "n=16", f"out={tmp_path / 'job.npz'}"])
+    assert np.load(tmp_path / "job.npz")["images"].shape == (16, 1, 28, 28)
+    eval_command([str(job), "n=16"])
+
+
+def test_an_argument_is_an_option_only_when_it_is_no_path_and_its_key_is_the_commands(run_dir, tmp_path, capsys):
+    named = tmp_path / "n=5"  # a folder whose whole name reads like an option
+    named.mkdir()
+    with pytest.raises(ConfigError, match=f"^{named} is not a ganlab run dir"):
+        sample_command([str(named), "n=5"])
+    with pytest.raises(ConfigError, match="'bogus=1' is not an option of this command"):
+        sample_command([str(run_dir), "bogus=1"])
+    with pytest.raises(ConfigError, match="no run folder or file was given"):
+        sample_command(["n=5"])
+    with pytest.raises(ConfigError, match="usage: ganlab-sample"):
+        sample_command(["--help"])
+    sample_command(["n=4", str(run_dir), f"out={tmp_path / 'first.npz'}"])  # the order does not matter
+    assert np.load(tmp_path / "first.npz")["images"].shape[0] == 4
+
+
+def test_a_run_without_a_checkpoint_yet_says_so(run_dir, tmp_path):
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    (early / "metrics.json").write_text('{"status": "failed", "error": "stopped before its first checkpoint"}')
+    with pytest.raises(CheckpointError, match="has no checkpoint yet"):
+        sample_command([str(early)])
+
+
+def grid_shape(png: Path) -> tuple[int, int]:
+    """Rows and columns of a grid of 28-px images (torchvision's make_grid: 2 px of padding around each)."""
+    with Image.open(png) as picture:
+        width, height = picture.size
+    return (height - 2) // 30, (width - 2) // 30
+
+
+def test_the_png_shows_every_sample_asked_for_up_to_a_readable_grid(run_dir, tmp_path, capsys):
+    for n, shape in ((50, (7, 8)), (64, (8, 8)), (1000, (16, 16))):
+        sample_command([str(run_dir), f"n={n}", f"out={tmp_path / f'{n}.npz'}"])
+        assert grid_shape(tmp_path / f"{n}.png") == shape
+
+
+def test_a_conditional_runs_png_has_one_row_per_class(tmp_path, data_root, capsys):
+    run = tmp_path / "conditional"
+    train(compose_config(QUICK + dataset_overrides("mnist", data_root) + ["model.conditional=true"]), run)
+    sample_command([str(run), "n=35", f"out={tmp_path / 'balanced.npz'}"])
+    assert grid_shape(tmp_path / "balanced.png") == (10, 3)  # 35 balanced samples: at least 3 of each class
+    sample_command([str(run), "n=1000", f"out={tmp_path / 'many.npz'}"])
+    assert grid_shape(tmp_path / "many.png") == (10, 25)  # 256 at most: 25 of each class
+    sample_command([str(run), "n=20", "class=3", f"out={tmp_path / 'threes.npz'}"])
+    assert grid_shape(tmp_path / "threes.png") == (4, 5)  # one class: a square grid

@@ -1,6 +1,8 @@
 """The training loop through its real code path: composed configs, real loaders, real event files read back."""
 
+import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ganlab import losses
 from ganlab.checkpoint import CHECKPOINT, PREVIOUS
 from ganlab.config import build
 from ganlab.errors import CheckpointError, ConfigError, DataError
+from ganlab.monitor import Progress
 from ganlab.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -244,6 +247,45 @@ def test_a_time_budget_run_gets_its_curve_and_counts_training_time_alone(tmp_pat
     assert summary["eval_seconds"] >= 0.3 * len(points)
 
 
+def test_dataset_folders_are_saved_absolute_and_an_older_runs_relative_ones_still_resume(
+    tmp_path, data_root, monkeypatch
+):
+    monkeypatch.chdir(data_root)
+    relative = ["dataset=folder", "dataset.root=folder", "dataset.test_root=folder", "dataset.image_size=8"]
+    cfg = compose_config(QUICK + relative + ["model.hidden=16", "eval.num_samples=8", "train.checkpoint_every=1"])
+    train(cfg, tmp_path / "run")
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"root: {data_root / 'folder'}\n" in saved and f"test_root: {data_root / 'folder'}\n" in saved
+    (tmp_path / "run" / "metrics.json").unlink()  # interrupted after its checkpoint, as saved by an older ganlab:
+    (tmp_path / "run" / "config.yaml").write_text(saved.replace(str(data_root / "folder"), "folder"))
+    cfg.train.steps = 3
+    assert train(cfg, tmp_path / "run")["step"] == 3  # the same folders, spelt relative: continued, not refused
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so tqdm draws its bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_counts_towards_the_budget_that_will_stop_the_run(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    values = {"Loss/D": 1.0, "Loss/G": 1.0, "Speed/steps_per_second": 100.0}
+    by_time = Progress(steps=10_000_000, max_seconds=120, start=0, enabled=True)
+    by_time.update(3000, 30.0, values)  # 1/4 of the seconds, a tiny share of the steps: time stops this run
+    assert (by_time.bar.total, by_time.bar.n, by_time.bar.unit) == (120, 30, "s")
+    by_steps = Progress(steps=5000, max_seconds=3600, start=0, enabled=True)
+    by_steps.update(2500, 30.0, values)  # half the steps in 30 of 3600 seconds: the steps stop it
+    assert (by_steps.bar.total, by_steps.bar.n, by_steps.bar.unit) == (5000, 2500, "step")
+    by_time.close(), by_steps.close()
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # no terminal (a sweep, CI): a log line per read
+    with caplog.at_level("INFO", logger="ganlab"):
+        Progress(steps=10_000_000, max_seconds=120, start=0, enabled=True).update(3000, 30.0, values)
+    assert "step 3000 (30/120 s)" in caplog.text
+
+
 def test_ema_ramps_up_then_keeps_its_decay():
     from ganlab.step import ema_average
 
@@ -315,6 +357,8 @@ def test_every_experiment_preset_runs(tmp_path, data_root, experiment):
         kind,
     )
     assert summary["status"] == "completed"
+    # what a sweep of the preset minimises is a metric its runs compute
+    assert compose_config([f"experiment={experiment}"]).eval.objective in summary["metrics"]
 
 
 RECIPES = {
