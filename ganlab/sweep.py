@@ -198,9 +198,8 @@ class SweepSummary(Callback):
     """Hydra callback: before a multirun, remember its command for the jobs and say where it writes; after it, log
     how many jobs completed and list the ones that diverged or failed.
 
-    A Ctrl-C stops a sweep as it stops a run. Jobs in other processes (joblib) get it too, checkpoint and return;
-    the launching process waits for them instead of killing them, no new job starts, and it exits 130 at the end.
-    A second Ctrl-C aborts at once.
+    A Ctrl-C stops a sweep on this machine as it stops a run: the running jobs (in this process, or joblib's workers)
+    checkpoint and return, no new job starts, and the sweep exits 130 at the end. A second Ctrl-C aborts at once.
     """
 
     def __init__(self):
@@ -221,11 +220,13 @@ class SweepSummary(Callback):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             stop_sweep(sweep_dir)
 
-        # Jobs in other processes (joblib, submitit) handle their own Ctrl-C, and mark the sweep stopped; this process
-        # ignores it, so it waits for them, and the workers it starts ignore it until their job listens
-        in_process = "BasicLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_"))
+        # joblib's workers get the Ctrl-C too: their jobs stop themselves and mark the sweep stopped, while this
+        # process ignores it, so it waits for them instead of killing them, and a worker it starts ignores it until
+        # its job listens. Jobs elsewhere (SLURM) never get it: there a Ctrl-C stops only this process, as before.
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_"))
+        handler = interrupt if "BasicLauncher" in launcher else signal.SIG_IGN if "joblib" in launcher.lower() else None
         try:
-            self._previous_handler = signal.signal(signal.SIGINT, interrupt if in_process else signal.SIG_IGN)
+            self._previous_handler = signal.signal(signal.SIGINT, handler) if handler else None
         except ValueError:  # not the main thread: leave signals to the caller
             pass
 
