@@ -17,12 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganlab.device import rng_state, set_rng_state
 from ganlab.errors import CheckpointError
+from ganlab.runfolder import BEST, CHECKPOINT, PREVIOUS
 from ganlab.step import GAN
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS = "checkpoint.prev.pt"
 FORMAT_VERSION = 2  # 1: before safe checkpoints (no "format_version" key, pickled numpy RNG state, config as a dict)
 CONVERTER = "python -m ganlab.convert_checkpoint"
 
@@ -56,6 +55,14 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     torch.save(state, tmp)
     if path.exists():
         os.replace(path, previous)
+    os.replace(tmp, path)
+    return path
+
+
+def save_best(run_dir: Path, state: dict) -> Path:
+    """Write `state` as the run's best checkpoint (checkpoint.best.pt), atomically: aside, then renamed into place."""
+    path, tmp = run_dir / BEST, run_dir / (BEST + ".tmp")
+    torch.save(state, tmp)
     os.replace(tmp, path)
     return path
 
@@ -113,10 +120,6 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / CHECKPOINT).exists() or (run_dir / PREVIOUS).exists()
-
-
 def load_checkpoint(run_dir: Path) -> dict:
     """The newest readable checkpoint in `run_dir`; a damaged one falls back to the previous with a warning.
 
@@ -149,10 +152,12 @@ def training_state(
     fixed_labels: torch.Tensor | None,
     cfg: DictConfig,
     batches,
+    watch: dict | None = None,
 ) -> dict:
     """Everything `restore` needs to continue bit for bit: weights, optimisers, EMA, RNG states, the fixed noise and
-    its labels (None for an unconditional model), the data stream's position, and the config (as YAML text, for
-    people: runs compare configs with their config.yaml)."""
+    its labels (None for an unconditional model), the data stream's position, the objective's best value so far
+    (`watch`, ganlab.watch), and the config (as YAML text, for people: runs compare configs with their
+    config.yaml)."""
     return {
         "format_version": FORMAT_VERSION,
         "step": step,
@@ -168,6 +173,7 @@ def training_state(
         "rng": rng_state(),
         "batches": batches.state_dict(),
         "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "watch": watch,
     }
 
 

@@ -1,11 +1,13 @@
 """`ganlab-sample` and `ganlab-eval`: draw samples from a run, score runs or anyone's images, and calibrate the scores.
 
-    ganlab-sample <run_dir> n=10000 [class=K] out=samples.npz weights=ema
-    ganlab-eval <run_dir> [n=10000] [dataset.root=../shared/data]
+    ganlab-sample <run_dir> n=10000 [class=K] out=samples.npz weights=ema [which=best|last]
+    ganlab-eval <run_dir> [n=10000] [which=best|last] [dataset.root=../shared/data]
     ganlab-eval <samples.npz | .npy | .pt | image folder> [dataset=mnist] [dataset.root=...] [n=all]
     ganlab-eval calibrate dataset=mnist [dataset.root=...] [n=5000]
 
-Arguments after the first are `key=value`, as on the `ganlab-train` command line. A file of images is scored
+Options are `key=value`, as on the `ganlab-train` command line; the run folder or file is the argument that is
+none (`parse`). A run is sampled and scored from its best checkpoint (checkpoint.best.pt, at its best
+eval.objective) when it has one, else from its latest (`which=last` asks for that one). A file of images is scored
 against the test split of the dataset named by `dataset=` (conf/dataset/<name>.yaml), or of the dataset recorded
 in it by `ganlab-sample`; `ganlab.image_files` says which files, value ranges and layouts it reads.
 """
@@ -20,21 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 
-from ganlab.checkpoint import CHECKPOINT, PREVIOUS, has_checkpoint, load_checkpoint
+from ganlab.checkpoint import load_checkpoint, read_checkpoint
 from ganlab.config import CONF_DIR, DEVICE_TYPES, EvalConfig, build
 from ganlab.data import ImageSource, to_uint8
 from ganlab.device import resolve_device
-from ganlab.entry import run_command
 from ganlab.errors import CheckpointError, ConfigError, DataError
 from ganlab.evaluate import evaluate, generate
 from ganlab.image_files import open_samples, to_uint8_images
 from ganlab.models.base import OUTPUT_RANGES
-from ganlab.rundir import SUMMARY
+from ganlab.runfolder import BEST, CONFIG, has_checkpoint, holds_run
 from ganlab.step import build_model
 
 EVAL_SAMPLES = EvalConfig.num_samples  # what a run's final evaluation scores (10,000), and ganlab-eval's default
 GRID_MOST = 256  # samples in ganlab-sample's PNG: a 16 x 16 grid stays readable
-RUN_MARKS = (CHECKPOINT, PREVIOUS, SUMMARY)  # what a folder holds once ganlab-train has run in it
 
 
 def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[str, dict[str, str]]:
@@ -51,6 +51,8 @@ def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[s
         key, equals, value = argument.partition("=")
         if equals and (key in defaults or key.startswith("dataset.")) and not Path(argument).exists():
             options[key] = value
+        elif targets and Path(argument).exists():
+            raise ConfigError(f"{targets[0]} and {argument} are two runs or files: pass one (usage: {usage}).")
         elif targets or (position > 0 and equals and "/" not in argument):
             raise ConfigError(
                 f"{argument!r} is not an option of this command, nor an existing path: use key=value with a key "
@@ -69,12 +71,26 @@ def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[s
     return targets[0], options
 
 
-def load_run(run_dir: Path, device_type: str):
-    """The run's resolved config, its model with the checkpoint's weights, and its EMA generator (or None)."""
+def load_run(run_dir: Path, device_type: str, which: str = ""):
+    """The run's resolved config, its model with the weights of the checkpoint `which` names, its EMA generator (or
+    None), and which checkpoint that was, with its step: {"checkpoint": "best", "step": 4000}.
+
+    which: best (checkpoint.best.pt, at the best eval.objective), last (the latest), or "" for best when the run has
+    one, else last.
+    """
     check_run_dir(run_dir)
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if which not in ("", "best", "last"):
+        raise ConfigError(f"which={which} is not allowed: use best or last.")
+    best = run_dir / BEST
+    if which == "best" and not best.exists():
+        raise ConfigError(
+            f"which=best: the run {run_dir} has no best checkpoint (it has made no evaluation with a value of its "
+            f"eval.objective yet): use which=last."
+        )
+    which = which or ("best" if best.exists() else "last")
+    cfg = OmegaConf.load(run_dir / CONFIG)
     device = resolve_device(OmegaConf.create({"type": device_type, "threads": None}))
-    state = load_checkpoint(run_dir)
+    state = read_checkpoint(best) if which == "best" else load_checkpoint(run_dir)
     model = build_model(cfg, state.get("num_classes", 0))  # older checkpoints: all unconditional
     try:
         model.load_state_dict(state["model"])
@@ -84,15 +100,15 @@ def load_run(run_dir: Path, device_type: str):
             ema.load_state_dict(state["ema"])
     except (RuntimeError, KeyError) as error:
         raise CheckpointError(f"the checkpoint in {run_dir} does not fit its config.yaml ({error}).") from None
-    return cfg, model.to(device), (ema.module.to(device) if ema is not None else None)
+    chosen = {"checkpoint": which, "step": state["step"]}
+    return cfg, model.to(device), (ema.module.to(device) if ema is not None else None), chosen
 
 
 def check_run_dir(run_dir: Path) -> None:
     """Refuse, in one sentence, a folder that is not a run `ganlab-train` wrote, or a run without a checkpoint yet."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} does not exist: pass the folder of a run (outputs/runs/... or a sweep's job).")
-    started = (run_dir / "config.yaml").exists() and any((run_dir / name).exists() for name in RUN_MARKS)
-    if not started:
+    if not ((run_dir / CONFIG).exists() and holds_run(run_dir)):
         raise ConfigError(
             f"{run_dir} is not a ganlab run dir (it has no config.yaml beside a checkpoint or metrics.json): pass "
             f"the folder of a run, e.g. one under outputs/runs/ or a sweep's job folder."
@@ -138,10 +154,11 @@ def grid_order(labels: torch.Tensor | None, n: int, most: int = GRID_MOST) -> to
 
 
 def sample_command(arguments: list[str]) -> None:
-    usage = "ganlab-sample <run_dir> [n=10000] [class=K] [out=samples.npz] [weights=ema|raw] [seed=0] [device=auto]"
-    target, options = parse(arguments, {"n": "10000", "class": "", "out": "samples.npz", "weights": "", "seed": "0",
-                                        "device": "auto"}, usage)  # fmt: skip
-    cfg, model, ema = load_run(Path(target), options["device"])
+    usage = ("ganlab-sample <run_dir> [n=10000] [class=K] [out=samples.npz] [weights=ema|raw] [which=best|last] "
+             "[seed=0] [device=auto]")  # fmt: skip
+    target, options = parse(arguments, {"n": "10000", "class": "", "out": "samples.npz", "weights": "", "which": "",
+                                        "seed": "0", "device": "auto"}, usage)  # fmt: skip
+    cfg, model, ema, chosen = load_run(Path(target), options["device"], options["which"])
     n = int(options["n"])
     labels = asked_labels(options["class"], model, n, Path(target))
     weights = options["weights"] or ("ema" if ema is not None else "raw")
@@ -160,7 +177,8 @@ def sample_command(arguments: list[str]) -> None:
     picture_labels = labels[shown] if labels is not None and labels.unique().numel() > 1 else None
     save_image(source.picture(samples[shown], model.output_range, picture_labels), out.with_suffix(".png"))
     shape = arrays.get("images", arrays.get("points")).shape
-    print(json.dumps({"out": str(out), "grid": str(out.with_suffix(".png")), "shape": list(shape), "weights": weights}))
+    printed = {"out": str(out), "grid": str(out.with_suffix(".png")), "shape": list(shape), "weights": weights}
+    print(json.dumps(printed | chosen))
 
 
 def dataset_config(name: str, overrides: list[str]) -> DictConfig:
@@ -249,32 +267,33 @@ def scores_of_points(path: Path, samples, source, count: int | None, device: tor
     return evaluator(points.to(device), None if labels is None else labels.to(device))
 
 
-def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) -> dict[str, float]:
-    """Metrics of a run's generators (raw, and EMA as `<name>_ema`)."""
+def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) -> dict:
+    """Metrics of a run's generators (raw, and EMA as `<name>_ema`), and the checkpoint they come from (`load_run`)."""
     if options["dataset"]:
         raise ConfigError(
             f"dataset={options['dataset']} does not apply to the run {run_dir}, which is scored on its own dataset: "
             f"drop it (dataset.root=... says where that dataset is)."
         )
-    cfg, model, ema = load_run(run_dir, options["device"])
+    cfg, model, ema, chosen = load_run(run_dir, options["device"], options["which"])
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     source = build(cfg.dataset, "dataset")
     device = next(model.parameters()).device
     evaluator = source.evaluator(device, model.output_range)
     if evaluator is None:
-        return {}
+        return chosen
     named_generators = [("", model.generator)] + ([("_ema", ema)] if ema is not None else [])
     count = int(options["n"] or EVAL_SAMPLES)
-    warn_if_few(count)
-    return evaluate(named_generators, model, evaluator, count, int(options["seed"]))
+    warn_if_few(count, cfg.eval.num_samples)
+    return evaluate(named_generators, model, evaluator, count, int(options["seed"])) | chosen
 
 
-def warn_if_few(count: int) -> None:
-    """One line on stderr when fewer samples are scored than a run's final evaluation scores: FID and KID are then
-    biased up (and precision, recall and coverage shift), so such a score compares only with others of its count."""
-    if count < EVAL_SAMPLES:
+def warn_if_few(count: int, final: int = EVAL_SAMPLES) -> None:
+    """One line on stderr when fewer samples are scored than a run's final evaluation scores (`final`, the run's
+    eval.num_samples): FID and KID are then biased up (and precision, recall and coverage shift), so such a score
+    compares only with others of its count."""
+    if count < final:
         print(
-            f"ganlab: warning: scoring {count} samples, fewer than the {EVAL_SAMPLES} of a run's final evaluation "
+            f"ganlab: warning: scoring {count} samples, fewer than the {final} of a run's final evaluation "
             f"(eval.num_samples): FID and KID are biased up, so compare only scores of the same count.",
             file=sys.stderr,
         )
@@ -299,11 +318,11 @@ def calibrate_command(options: dict[str, str], overrides: list[str], device: tor
 
 def eval_command(arguments: list[str]) -> None:
     usage = ("ganlab-eval <run_dir | .npz | .npy | .pt | image folder | calibrate> [dataset=NAME] [n=...] [seed=0] "
-             "[device=auto] [dataset.root=...]")  # fmt: skip
-    target, options = parse(arguments, {"n": "", "seed": "0", "device": "auto", "dataset": ""}, usage)
+             "[which=best|last] [device=auto] [dataset.root=...]")  # fmt: skip
+    target, options = parse(arguments, {"n": "", "seed": "0", "device": "auto", "dataset": "", "which": ""}, usage)
     overrides = [f"{key}={value}" for key, value in options.items() if key.startswith("dataset.")]
     path = Path(target)
-    if (path / "config.yaml").exists():
+    if (path / CONFIG).exists():
         print(json.dumps(scores_of_run(path, options, overrides), sort_keys=True))
         return
     device = resolve_device(OmegaConf.create({"type": options["device"], "threads": None}))
@@ -311,13 +330,3 @@ def eval_command(arguments: list[str]) -> None:
         print(calibrate_command(options, overrides, device))
     else:
         print(json.dumps(scores_of_file(path, options, overrides, device), sort_keys=True))
-
-
-def sample_main() -> None:
-    """`ganlab-sample` (the console script is ganlab.entry.sample, which imports this module inside its handler)."""
-    run_command(sample_command, sys.argv[1:])
-
-
-def eval_main() -> None:
-    """`ganlab-eval` (the console script is ganlab.entry.evaluate)."""
-    run_command(eval_command, sys.argv[1:])

@@ -8,6 +8,7 @@ wrong type fails at composition and a wrong range fails in `validate` before any
 import difflib
 import importlib.resources
 import inspect
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of G's weights, sampled beside G; 0 = off
     ema_rampup: float = 0.25  # the EMA spans at most this share of the updates so far; 0 = ema_decay from the start
     checkpoint_every: int = 1000  # steps between checkpoints; 0 = only at the end
+    patience: int = 0  # stop after this many evaluations without a better eval.objective (early_stopped); 0 = never
     resume: bool = True  # continue the run dir's checkpoint, skip a finished run; false = error if it has one
 
 
@@ -132,6 +134,7 @@ RULES = [
     ("train.d_betas", _betas, "two numbers in [0, 1)"),
     ("train.max_seconds", lambda v: v is None or _positive_number(v), "null or a number of seconds > 0"),
     ("train.checkpoint_every", _non_negative_int, "an integer >= 0"),
+    ("train.patience", _non_negative_int, "an integer >= 0, 0 = off"),
     ("train.lr_schedule", lambda v: v in LR_SCHEDULES, f"one of {list(LR_SCHEDULES)}"),
     ("train.ema_decay", lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1), 0 = off"),
     ("train.ema_rampup", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a number in [0, 1], 0 = off"),
@@ -155,6 +158,11 @@ def validate(cfg: DictConfig) -> None:
         value = cfg[section][name]
         if not check(value):
             raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}.")
+    if cfg.train.patience and not (cfg.eval.enabled and (cfg.eval.every or cfg.eval.times)):
+        raise ConfigError(
+            f"train.patience={cfg.train.patience} counts evaluations, and this run makes none during training "
+            f"(eval.enabled={cfg.eval.enabled}, eval.times={cfg.eval.times}): turn them on, or drop train.patience."
+        )
 
 
 def resolve_image_size(cfg: DictConfig) -> None:
@@ -202,7 +210,7 @@ def absolute_paths(cfg: DictConfig) -> None:
     """Make `dataset.root` and `dataset.test_root` absolute (and expand ~): relative to the folder the command runs in,
     which `ganlab-eval RUN` and `ganlab-sample RUN` need not share."""
     for key in PATH_KEYS:
-        value = OmegaConf.select(cfg.dataset, key, throw_on_missing=False)
+        value = OmegaConf.select(cfg, f"dataset.{key}", throw_on_missing=False)
         if isinstance(value, str):
             cfg.dataset[key] = os.path.abspath(os.path.expanduser(value))
 
@@ -235,11 +243,12 @@ def known_keys(config_dirs: list[Path]) -> set[str]:
     of its options' YAML files in `config_dirs` and the arguments of their `_target_` classes."""
     keys = _flat_keys(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
     for folder in config_dirs:
-        for path in folder.glob("*/*.yaml"):
+        for path in folder.glob("*/**/*.yaml"):  # group options: model/mlp.yaml, and nested groups' too
             option = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
             option.pop("defaults", None)
-            is_global = "@package _global_" in path.read_text().split("\n", 1)[0]
-            prefix = "" if is_global else f"{path.parent.name}."
+            header = "".join(itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines()))
+            group = path.parent.relative_to(folder).as_posix().replace("/", ".")
+            prefix = "" if "@package _global_" in header else f"{group}."
             keys |= {prefix + key for key in _flat_keys(option)}
             if isinstance(option.get("_target_"), str):
                 keys |= {prefix + key for key in _constructor_keys(option["_target_"])}
@@ -256,6 +265,8 @@ def _config_dirs(overrides: list) -> list[Path]:
                     folders.append(Path(entry.removeprefix("file://")))
                 elif entry.startswith("pkg://"):
                     folders.append(Path(str(importlib.resources.files(entry.removeprefix("pkg://")))))
+    if not all(folder.is_dir() for folder in folders):  # e.g. a package spread over several folders
+        raise LookupError("a config folder on the search path is not one folder")
     return folders
 
 
@@ -266,18 +277,21 @@ def check_command_line(arguments: list[str]) -> None:
     (`loss=foo`, whose options Hydra lists), Hydra's own keys, and commands with another primary config are left to
     Hydra, and so is an override it cannot parse.
     """
-    if any(argument.split("=")[0] in ("-cp", "--config-path", "-cn", "--config-name") for argument in arguments):
+    flags = [argument.split("=")[0] for argument in arguments]
+    if any(flag in ("-cp", "--config-path", "-cn", "--config-name", "-sc", "--shell-completion") for flag in flags):
         return
     items, extra_dirs = [], []
     for position, argument in enumerate(arguments):
-        if argument.split("=")[0] in ("-cd", "--config-dir"):
+        if flags[position] in ("-cd", "--config-dir"):
             extra_dirs.append(Path(argument.split("=", 1)[1] if "=" in argument else arguments[position + 1]))
         elif not argument.startswith("-") and ("=" in argument or argument.startswith("~")):
             items.append(argument)
+    if any((folder / "config.yaml").exists() for folder in extra_dirs):  # the user's own primary config
+        return
     try:
         overrides = OverridesParser.create().parse_overrides(items)
         config_dirs = _config_dirs(overrides) + extra_dirs
-    except (HydraException, ModuleNotFoundError, TypeError):
+    except (HydraException, ModuleNotFoundError, TypeError, LookupError):
         return
     groups = {path.name for folder in config_dirs if folder.is_dir() for path in folder.iterdir() if path.is_dir()}
     keys = None

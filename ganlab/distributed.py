@@ -27,12 +27,14 @@ from torch import Tensor, nn
 
 from ganlab.device import rng_state, set_rng_state
 from ganlab.errors import ConfigError
+from ganlab.runfolder import Status
 
 log = logging.getLogger("ganlab")
 
 # the reasons a run stops, in the order they win when ranks disagree (a signal beats the time budget)
-STOP_REASONS = (None, "completed", "time_budget", "stopped by SIGUSR1", "stopped by SIGUSR2", "stopped by SIGINT",
-                "stopped by SIGTERM")  # fmt: skip
+STOP_REASONS = (None, Status.COMPLETED, Status.TIME_BUDGET, Status.EARLY_STOPPED, Status.PRUNED, Status.DIVERGED,
+                Status.STOPPED_BY_SIGUSR1, Status.STOPPED_BY_SIGUSR2, Status.STOPPED_BY_SIGINT,
+                Status.STOPPED_BY_SIGTERM)  # fmt: skip
 
 
 class Runtime:

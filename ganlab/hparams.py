@@ -22,6 +22,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
 from ganlab.config import RESUMABLE_KEYS
+from ganlab.runfolder import Status
 from ganlab.sweep import command_argv, swept_overrides
 
 GROUPS = ("experiment", "model", "loss", "regularizer", "dataset")  # config groups, named by the option chosen
@@ -201,7 +202,7 @@ def session_start(values: dict, run_name: str) -> Summary:
 
 def session_end(status: str) -> Summary:
     """A run's final status in its HPARAMS row: success when it ran as far as asked, failure when it diverged."""
-    status_code = api_pb2.STATUS_FAILURE if status == "diverged" else api_pb2.STATUS_SUCCESS
+    status_code = api_pb2.STATUS_FAILURE if status == Status.DIVERGED else api_pb2.STATUS_SUCCESS
     info = plugin_data_pb2.SessionEndInfo(status=status_code, end_time_secs=time.time())
     return summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
 

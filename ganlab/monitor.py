@@ -1,7 +1,6 @@
 """What a run writes for people to read: TensorBoard scalars, sample grids (also as PNG), how it was started (the
 TEXT tab), a layout that opens on the losses and the objective, and its HPARAMS row."""
 
-import json
 import logging
 import math
 import os
@@ -11,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,9 +20,10 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from ganlab import hparams
+from ganlab import checkpoint, hparams
 from ganlab.hparams import RunRecord
-from ganlab.report import DONE
+from ganlab.runfolder import CONFIG, FINAL, RAN_TO_ITS_END, write_summary
+from ganlab.sweep import stop_sweep, sweep_stopped
 
 log = logging.getLogger("ganlab")
 PACKAGE_DIR = Path(__file__).resolve().parent  # the source tree whose git commit a run records
@@ -56,7 +57,9 @@ def all_finite(stats: dict[str, float]) -> bool:
 
 
 class Monitor:
-    """TensorBoard event files in the run dir itself (no subfolders), plus PNG copies of every sample grid."""
+    """What a run writes into its folder: TensorBoard event files in the folder itself (no subfolders), PNG copies
+    of every sample grid, its config, checkpoints and metrics.json. Rank 0 of a distributed run holds it; the other
+    ranks hold its silent twin, `Silent`."""
 
     def __init__(self, run_dir: Path, start_step: int = 0):
         self.run_dir = run_dir
@@ -64,6 +67,17 @@ class Monitor:
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         # purge_step drops events a previous process wrote after the checkpoint this run resumes from
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if start_step else None)
+
+    def write_config(self, cfg: DictConfig) -> None:
+        """The resolved config the run trains with (config.yaml)."""
+        (self.run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    def save_checkpoint(self, state: Callable[[], dict], best: bool = False) -> None:
+        """The training state that `state()` builds, as the latest checkpoint, or with `best` as checkpoint.best.pt."""
+        (checkpoint.save_best if best else checkpoint.save_checkpoint)(self.run_dir, state())
+
+    def write_summary(self, summary: dict) -> None:
+        write_summary(self.run_dir, summary)
 
     def scalars(self, stats: dict[str, float], step: int) -> None:
         for name, value in stats.items():
@@ -93,11 +107,11 @@ class Monitor:
 
         A stopped run writes nothing yet: it writes its end when a later process finishes it.
         """
-        if status not in DONE and status != "diverged":
+        if status not in FINAL:
             return
         file_writer = self.writer._get_file_writer()
         file_writer.add_summary(hparams.session_end(status))
-        if status not in DONE:  # a diverged run may lack the metrics: another job names the columns
+        if status not in RAN_TO_ITS_END:  # a pruned or diverged run may lack some metrics: another job names them
             return
         values = hparams.hparam_values(cfg, record)
         experiment = hparams.experiment_summary(cfg, record, values, hparams.metric_tags(tags, cfg.eval.objective))
@@ -107,6 +121,13 @@ class Monitor:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class Silent:
+    """The `Monitor` of a process that writes nothing: the ranks other than 0 of a distributed run."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *arguments, **options: None
 
 
 def scalar_layout(objective: str) -> dict:
@@ -167,13 +188,6 @@ def run_text(record: RunRecord) -> str:
     return "\n".join(f"- **{name}** `{value}`" for name, value in rows.items() if value is not None)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write `data` as JSON atomically, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 class Throughput:
     """Steps and images per second since the previous read."""
 
@@ -231,15 +245,29 @@ class StopSignals:
 
     A second Ctrl-C aborts at once (KeyboardInterrupt), as terminal programs do: the run keeps its last checkpoint.
     SIGUSR2 is the signal submitit has SLURM send `signal_delay_s` before a job's time limit.
+
+    announce: say on stderr that a Ctrl-C was heard (one process of a distributed run says it). sweep_dir: the sweep
+    this run is a job of: a Ctrl-C here marks it stopped (ganlab.sweep.stop_sweep), and a mark made by another
+    process (a Ctrl-C before this loop began, or in another joblib worker) stops this run too, within a second.
     """
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
 
-    def __init__(self, announce: bool = True):
-        self.requested: str | None = None
+    def __init__(self, announce: bool = True, sweep_dir: Path | None = None):
+        self._requested: str | None = None
         self.interrupted = False  # a Ctrl-C came: the next one aborts
-        self.announce = announce  # say on stderr that a Ctrl-C was heard (one process of a distributed run says it)
+        self.announce, self.sweep_dir = announce, sweep_dir
+        self._next_look = 0.0  # when to look for the sweep's mark again
         self._previous: dict = {}
+
+    @property
+    def requested(self) -> str | None:
+        """The name of the signal that asks the run to stop (SIGINT for a stopped sweep), or None."""
+        if self._requested is None and self.sweep_dir is not None and time.monotonic() >= self._next_look:
+            self._next_look = time.monotonic() + 1.0  # a file system call a second, not a step
+            if sweep_stopped(self.sweep_dir):
+                self._requested = "SIGINT"
+        return self._requested
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
@@ -247,10 +275,11 @@ class StopSignals:
             if self.interrupted:
                 raise KeyboardInterrupt
             self.interrupted = True
-            if self.announce:
-                print("ganlab: Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again aborts at once)",
-                      file=sys.stderr, flush=True)  # fmt: skip
-        self.requested = name
+            if self.sweep_dir is not None:
+                stop_sweep(self.sweep_dir)
+            if self.announce:  # os.write: print could be in the middle of writing the progress bar
+                os.write(2, b"ganlab: Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again aborts)\n")
+        self._requested = name
 
     def __enter__(self) -> "StopSignals":
         for name in self.SIGNALS:
@@ -271,10 +300,11 @@ class StopSignals:
 
         A launcher may rely on its own handler: submitit's requeues a SLURM job that is timed out or preempted.
         Call this once the checkpoint is written; with the default handler it does nothing, and the run returns.
+        A Ctrl-C is not passed on: it has done its work (Python's own handler would raise KeyboardInterrupt).
         """
-        if self.requested is None:
+        if self.requested in (None, "SIGINT"):
             return
         number = getattr(signal, self.requested)
         previous = self._previous.get(number)
-        if callable(previous) and previous is not signal.default_int_handler:  # Python's own raises KeyboardInterrupt
+        if callable(previous):
             previous(number, None)

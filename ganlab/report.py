@@ -29,13 +29,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ganlab.entry import run_command
 from ganlab.errors import ConfigError, DataError
+from ganlab.runfolder import CONFIG, RAN_TO_ITS_END, SUMMARY, Status, has_checkpoint, higher_is_better
 
 USAGE = "ganlab-report <sweep_dir> [--metric NAME] [--out DIR]"
-DONE = ("completed", "time_budget")  # the statuses of a job that ran as far as its config asked
-# metrics where higher is better (with or without the `_ema` suffix); every other one (fid, kid_mean, kl_uniform)
-# is a distance or a spread, lower is better
-HIGHER_IS_BETTER = ("precision", "recall", "density", "prdc_coverage", "coverage", "confidence", "modes_covered",
-                    "high_quality", "accuracy", "accuracy_min")  # fmt: skip
 # what report.md shows after the ranking metric, of the same generator: fidelity, diversity, class balance and,
 # for a class-conditional run, whether it draws the class asked for
 COMPANIONS = ("precision", "recall", "coverage", "modes_covered", "high_quality", "accuracy")
@@ -103,7 +99,7 @@ def read_overrides(folder: Path) -> dict[str, str]:
 def read_config(folder: Path) -> tuple[str | None, str | None]:
     """The job's eval.objective and dataset.feature_net from its config.yaml; None for what it does not have."""
     try:
-        config = OmegaConf.load(folder / "config.yaml")
+        config = OmegaConf.load(folder / CONFIG)
         return OmegaConf.select(config, "eval.objective"), OmegaConf.select(config, "dataset.feature_net")
     except Exception:  # missing (not started) or damaged: the job is reported without them
         return None, None
@@ -114,16 +110,15 @@ def load_job(folder: Path, curves: bool = True) -> Job:
 
     curves: read the TensorBoard curves too (the figure needs them; a status count does not).
     """
-    job = Job(folder, read_overrides(folder), "not started", curves=read_curves(folder) if curves else {})
+    job = Job(folder, read_overrides(folder), Status.NOT_STARTED, curves=read_curves(folder) if curves else {})
     job.objective, job.feature_net = read_config(folder)
-    if not (folder / "metrics.json").exists():
-        # checkpoint.pt or checkpoint.prev.pt; ganlab.checkpoint.has_checkpoint would import torch just for this
-        if any(folder.glob("checkpoint*.pt")):
-            job.status = "interrupted"
+    if not (folder / SUMMARY).exists():
+        if has_checkpoint(folder):
+            job.status = Status.INTERRUPTED
             job.steps = max((step for step, _ in job.curves.get("Loss/D", [])), default=None)
         return job
     try:
-        summary = json.loads((folder / "metrics.json").read_text())
+        summary = json.loads((folder / SUMMARY).read_text())
         final = summary.get("final", {})  # a failed job writes only its status and error
         job.status, job.error = str(summary["status"]), str(summary.get("error", ""))
         job.steps, job.seconds = summary.get("step"), summary.get("seconds")
@@ -131,7 +126,7 @@ def load_job(folder: Path, curves: bool = True) -> Job:
         job.steps_per_second = final.get("Speed/steps_per_second")
         job.images_per_second = final.get("Speed/images_per_second")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        job.status, job.error = "unreadable", f"metrics.json is unreadable ({type(error).__name__})"
+        job.status, job.error = Status.UNREADABLE, f"metrics.json is unreadable ({type(error).__name__})"
     return job
 
 
@@ -140,7 +135,7 @@ def load_jobs(sweep_dir: Path, curves: bool = True) -> list[Job]:
     if not sweep_dir.is_dir():
         raise ConfigError(f"sweep dir {sweep_dir} does not exist: pass the folder a `ganlab-train -m` run wrote.")
     folders = [p for p in sorted(sweep_dir.iterdir()) if (p / ".hydra" / "overrides.yaml").exists()
-               or (p / "config.yaml").exists()]  # fmt: skip
+               or (p / CONFIG).exists()]  # fmt: skip
     if not folders:
         raise DataError(
             f"{sweep_dir} holds no job folders (.hydra/overrides.yaml): pass the folder a `ganlab-train -m` run wrote."
@@ -159,11 +154,6 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 def metric_names(jobs: list[Job]) -> list[str]:
     """The union of the jobs' metric names, sorted (datasets differ in which metrics they have)."""
     return sorted({name for job in jobs for name in job.metrics})
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger `metric` (e.g. recall_ema) is the better one."""
-    return metric.removesuffix("_ema") in HIGHER_IS_BETTER
 
 
 def sweep_objective(jobs: list[Job]) -> str | None:
@@ -294,9 +284,9 @@ def group_table(jobs: list[Job], metric: str | None, scale: CalibrationScale | N
     rows = []
     for name, members in group_jobs(jobs).items():
         row: dict[str, object] = {"group": name} | {key: members[0].overrides.get(key) for key in keys}
-        row |= {"n": len(members), "completed": sum(job.status in DONE for job in members)}
+        row |= {"n": len(members), "completed": sum(job.status in RAN_TO_ITS_END for job in members)}
         row["steps"] = mean_std([job.steps for job in members])  # how far each got, finished or not
-        done = [job for job in members if job.status in DONE]  # a stopped run's partial scores would mix in
+        done = [job for job in members if job.status in RAN_TO_ITS_END]  # a stopped run's partial scores would mix in
         row |= {name: mean_std([job.metrics.get(name) for job in done]) for name in dict.fromkeys(shown + names)}
         if scale is not None and fid is not None:
             row["calibration"] = scale.place(row[fid][0], members[0].feature_net)

@@ -20,16 +20,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ganlab import checkpoint as ckpt
 from ganlab.config import RESUMABLE_KEYS, absolute_paths
 from ganlab.errors import CheckpointError, ConfigError, GanlabError
-from ganlab.monitor import write_json
-from ganlab.report import DONE
+from ganlab.runfolder import CONFIG, FINAL, LOCK, Status, holds_run, read_summary, write_summary
 
 log = logging.getLogger("ganlab")
 
-LOCK = ".lock"
-SUMMARY = "metrics.json"
 HYDRA_FILES = (".hydra", "train.log", LOCK)  # what a folder holds before its run has started
 
 
@@ -170,28 +166,21 @@ def held_lock(run_dir: Path) -> RunLock | None:
     return RunLock._held.get(_key(run_dir))
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """The run's metrics.json, or None if it has none (or only a damaged one)."""
-    try:
-        return json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def finished_summary(run_dir: Path, cfg: DictConfig) -> dict | None:
     """The metrics.json summary of a run that has nothing left to do in `run_dir`, else None.
 
-    Done means diverged, completed all `train.steps`, or used all of `train.max_seconds`; a stopped, failed or
-    interrupted run (no metrics.json) still has work, and so does a finished one whose steps or budget were raised.
+    Done means diverged, pruned, early-stopped, completed all `train.steps`, or used all of `train.max_seconds`; a
+    stopped, failed or interrupted run (no metrics.json) still has work, and so does a finished one whose steps or
+    budget were raised.
     """
     summary = read_summary(run_dir)
     if summary is None:
         return None
     status, budget = summary.get("status"), cfg.train.max_seconds
     if (
-        status == "diverged"
-        or (status == "completed" and summary.get("step", 0) >= cfg.train.steps)
-        or (status == "time_budget" and budget is not None and summary.get("seconds", 0) >= budget)
+        status in (Status.DIVERGED, Status.PRUNED, Status.EARLY_STOPPED)
+        or (status == Status.COMPLETED and summary.get("step", 0) >= cfg.train.steps)
+        or (status == Status.TIME_BUDGET and budget is not None and summary.get("seconds", 0) >= budget)
     ):
         return summary
     return None
@@ -211,10 +200,10 @@ def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
     the saved config lacks was added by a later ganlab, so a run written before it is continued as it was.
     """
     try:
-        saved_cfg = OmegaConf.load(run_dir / "config.yaml")
+        saved_cfg = OmegaConf.load(run_dir / CONFIG)
         absolute_paths(saved_cfg)  # older runs saved paths as typed, relative to the folder the command ran in
         saved = flatten(OmegaConf.to_container(saved_cfg))
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError, TypeError):
         return  # no readable config: the checkpoint's own check (restore) still guards the weights
     current = flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = [
@@ -234,7 +223,7 @@ def open_run(run_dir: Path, cfg: DictConfig) -> dict | None:
 
     A folder with a run in it is continued only with `train.resume` and the same config; a finished run is skipped.
     """
-    if not (ckpt.has_checkpoint(run_dir) or (run_dir / SUMMARY).exists()):
+    if not holds_run(run_dir):
         return None
     if not cfg.train.resume:
         raise CheckpointError(
@@ -250,9 +239,9 @@ def record_failure(run_dir: Path, error: str) -> None:
 
     A finished run's summary is never replaced: the error (e.g. a changed config) is about this attempt, not it.
     """
-    if (read_summary(run_dir) or {}).get("status") in DONE + ("diverged",):
+    if (read_summary(run_dir) or {}).get("status") in FINAL:
         return
     try:
-        write_json(run_dir / SUMMARY, {"status": "failed", "error": error})
+        write_summary(run_dir, {"status": Status.FAILED, "error": error})
     except OSError:
         log.warning("could not record the failure in %s", run_dir)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganlab.config import EXECUTION_KEYS
 from ganlab.entry import INTERRUPTED
+from ganlab.runfolder import RAN_TO_ITS_END, Status
 
 log = logging.getLogger("ganlab")
 
@@ -191,7 +192,31 @@ def sweep_stopped(sweep_dir: Path) -> bool:
 
 def stop_sweep(sweep_dir: Path) -> None:
     """Mark the sweep in `sweep_dir` stopped (by a Ctrl-C in the launching process or in a job's)."""
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     (Path(sweep_dir) / STOPPED).touch()
+
+
+class SweepInterrupt:
+    """The Ctrl-C handler of a sweep's process outside a training loop (between jobs, or while one starts): the
+    first marks the sweep stopped, so a job in training stops with a checkpoint and no new job starts; the second
+    aborts at once. In the loop, `ganlab.monitor.StopSignals` handles it."""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir, self.heard = Path(sweep_dir), False
+
+    def __call__(self, signum, frame) -> None:
+        if self.heard:
+            raise KeyboardInterrupt
+        self.heard = True
+        stop_sweep(self.sweep_dir)
+        os.write(2, b"ganlab: Ctrl-C: the sweep stops; its running jobs checkpoint (Ctrl-C again aborts)\n")
+
+    def install(self):
+        """Handle SIGINT in this process; returns the handler it replaces (None if this is not the main thread)."""
+        try:
+            return signal.signal(signal.SIGINT, self)
+        except ValueError:
+            return None
 
 
 class SweepSummary(Callback):
@@ -211,27 +236,17 @@ class SweepSummary(Callback):
         (sweep_dir / STOPPED).unlink(missing_ok=True)  # the same command continues a stopped sweep
         log.info("sweeping in %s; watch it with: tensorboard --logdir %s", sweep_dir, shlex.quote(str(sweep_dir)))
 
-        interrupts = []
-
-        def interrupt(signum, frame) -> None:  # between two jobs of this process
-            if interrupts:
-                raise KeyboardInterrupt
-            interrupts.append(signum)
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            stop_sweep(sweep_dir)
-
-        # joblib's workers get the Ctrl-C too: their jobs stop themselves and mark the sweep stopped, while this
+        # joblib's workers get the Ctrl-C too: their jobs mark the sweep stopped and stop themselves, while this
         # process ignores it, so it waits for them instead of killing them, and a worker it starts ignores it until
-        # its job listens. Jobs elsewhere (SLURM) never get it: there a Ctrl-C stops only this process, as before.
+        # its job listens (`hydra_main`). Jobs elsewhere (SLURM) never get it: a Ctrl-C ends only this process.
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_"))
-        handler = interrupt if "BasicLauncher" in launcher else signal.SIG_IGN if "joblib" in launcher.lower() else None
-        try:
-            self._previous_handler = signal.signal(signal.SIGINT, handler) if handler else None
-        except ValueError:  # not the main thread: leave signals to the caller
-            pass
+        if "BasicLauncher" in launcher:
+            self._previous_handler = SweepInterrupt(sweep_dir).install()
+        elif "joblib" in launcher.lower():
+            self._previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from ganlab.report import DONE, load_jobs  # the report's reading of a sweep dir, partial sweeps included
+        from ganlab.report import load_jobs  # the report's reading of a sweep dir, partial sweeps included
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if self._previous_handler is not None:
@@ -245,8 +260,8 @@ class SweepSummary(Callback):
         counts = Counter(job.status for job in jobs)
         log.info("sweep %s: %d jobs, %s", sweep_dir, len(jobs), ", ".join(f"{n} {s}" for s, n in counts.items()))
         for job in jobs:
-            if job.status == "diverged":
+            if job.status == Status.DIVERGED:
                 log.warning("diverged: %s (at step %s)", job.name, job.steps)
-            elif job.status not in DONE:
+            elif job.status not in RAN_TO_ITS_END:
                 log.warning("%s: %s%s", job.status, job.name, f" ({job.error})" if job.error else "")
         log.info("table and figure: ganlab-report %s", sweep_dir)

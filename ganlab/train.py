@@ -8,8 +8,10 @@ every `train.checkpoint_every` a checkpoint. `main` only wraps `train` for the c
 import logging
 import math
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -32,15 +34,16 @@ from ganlab.config import (
 from ganlab.data import make_batches
 from ganlab.device import resolve_device, seed_everything
 from ganlab.distributed import Runtime, join_submitit_tasks, start, world_from_env
-from ganlab.entry import INTERRUPTED, run_command
+from ganlab.entry import INTERRUPTED, TRAINING_ABORTED, run_command
 from ganlab.errors import DivergedError, GanlabError
 from ganlab.evaluate import evaluate
 from ganlab.hparams import RunRecord
-from ganlab.monitor import Monitor, Progress, RunningStats, StopSignals, Throughput, all_finite, write_json
-from ganlab.report import DONE, higher_is_better
+from ganlab.monitor import Monitor, Progress, RunningStats, Silent, StopSignals, Throughput, all_finite
 from ganlab.rundir import RunDirBusy, RunLock, held_lock, open_run, record_failure
+from ganlab.runfolder import RAN_TO_ITS_END, Status, has_checkpoint, objective
 from ganlab.step import build_gan, generators, sample_images, train_step
-from ganlab.sweep import parallel_jobs, register_resolvers, share_machine, stop_sweep, sweep_stopped
+from ganlab.sweep import SweepInterrupt, parallel_jobs, register_resolvers, share_machine, sweep_stopped
+from ganlab.watch import ObjectiveWatch
 
 log = logging.getLogger("ganlab")
 
@@ -108,23 +111,28 @@ class EvalSchedule:
         return True
 
 
-def stop_reason(step: int, cfg: DictConfig, clock: Clock, stop: StopSignals, runtime: Runtime) -> str | None:
-    """Why the run ends after `step`, or None to go on: completed, time_budget, or stopped by a signal.
+def stop_reason(
+    step: int, cfg: DictConfig, clock: Clock, stop: StopSignals, runtime: Runtime, verdict: Status | None
+) -> Status | None:
+    """Why the run ends after `step`, or None to go on: completed, time_budget, a signal, or the `verdict` of the
+    last evaluation (pruned, early_stopped).
 
-    Every process of a distributed run acts on the same answer (`Runtime.agree`); the time budget is rank 0's,
-    whose clock leaves out its evaluations, which the other ranks spend waiting.
+    Every process of a distributed run acts on the same answer (`Runtime.agree`); the time budget and the verdict
+    are rank 0's, whose clock leaves out its evaluations, which the other ranks spend waiting.
     """
     reason = None
     if step >= cfg.train.steps:
-        reason = "completed"
+        reason = Status.COMPLETED
     elif runtime.is_writer and cfg.train.max_seconds is not None and clock.seconds() >= cfg.train.max_seconds:
-        reason = "time_budget"
+        reason = Status.TIME_BUDGET
     elif stop.requested is not None:
-        reason = f"stopped by {stop.requested}"
+        reason = Status.stopped_by(stop.requested)
+    elif verdict is not None:
+        reason = verdict
     return runtime.agree(reason)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None, trial=None) -> dict:
     """Train one GAN as `cfg` says, writing everything into `run_dir`; returns the summary written to metrics.json.
 
     With `train.resume` (the default), a run dir that holds a checkpoint is continued from it, and one whose run
@@ -132,7 +140,8 @@ def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None)
     The run holds `run_dir`'s lock throughout: another process on the same folder stops at once.
 
     record: how the run was started (command, preset, overrides, sweep), for its TEXT tab and HPARAMS row; None
-    for a run started from Python, whose config groups are then named by their classes.
+    for a run started from Python, whose config groups are then named by their classes. trial: the sweep trial
+    that each evaluation reports the objective to, whose pruner may stop the run (ganlab.pruning); None = none.
     """
     validate(cfg)
     resolve_image_size(cfg)
@@ -146,10 +155,10 @@ def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None)
                 "%s already %s at step %s: skipped (delete it to train again)", run_dir, done["status"], done["step"]
             )
             return done
-        return _train(cfg, run_dir, record or RunRecord.from_config(cfg))
+        return _train(cfg, run_dir, record or RunRecord.from_config(cfg), trial)
 
 
-def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, record: RunRecord, trial) -> dict:
     """The training loop of `train`, in a run dir that is locked and checked.
 
     Under torchrun every rank runs this same loop on its slice of each batch (`ganlab.distributed`); `writer`
@@ -157,12 +166,12 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict:
     """
     runtime = start(resolve_device(cfg.device), cfg.train.batch_size)
     try:
-        return _train_as(cfg, run_dir, record, runtime)
+        return _train_as(cfg, run_dir, record, runtime, trial)
     finally:
         runtime.close()
 
 
-def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtime) -> dict:
+def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtime, trial) -> dict:
     """`_train`, as the process `runtime` describes."""
     device, writer = runtime.device, runtime.is_writer
     if not writer:  # one console, rank 0's: the other ranks log only warnings and errors
@@ -177,69 +186,79 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
     evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled and writer else None
     runtime.share_random_state()  # the evaluator drew random numbers on rank 0 alone
 
-    start_step, seconds_before = 0, 0.0
-    if ckpt.has_checkpoint(run_dir):  # train.resume is true here: a false one raised in open_run
+    start_step, seconds_before, watch_state = 0, 0.0, None
+    if has_checkpoint(run_dir):  # train.resume is true here: a false one raised in open_run
         state = ckpt.load_checkpoint(run_dir)
         start_step, seconds_before, fixed_noise, fixed_labels = ckpt.restore(state, gan, run_dir, batches)
+        watch_state = state.get("watch")  # None before the best checkpoint existed: the watch starts afresh
         fixed_noise = fixed_noise.to(device)
         fixed_labels = fixed_labels.to(device) if fixed_labels is not None else None
         log.info("resuming %s from step %d", run_dir, start_step)
 
+    monitor = Monitor(run_dir, start_step) if writer else Silent()  # one writer: rank 0's
+    monitor.write_config(cfg)
     if writer:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("training in %s; watch it with: tensorboard --logdir %s", run_dir, shlex.quote(str(run_dir)))
-    monitor = Monitor(run_dir, start_step) if writer else None
     if start_step == 0:
         real_grid, _ = batches.next(cfg.log.num_samples)  # drawn on every rank, so their random streams stay equal
-        if writer:
-            monitor.start(cfg, record)
-            monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
+        monitor.start(cfg, record)
+        monitor.picture("Samples/real", source.picture(real_grid, model.output_range), 0, "real.png")
 
     stats = RunningStats()
     speed = Throughput(start_step, cfg.train.batch_size * cfg.train.d_steps)
     clock = Clock(seconds_before)
     progress = Progress(cfg.train.steps, cfg.train.max_seconds, start_step, enabled=cfg.log.progress and writer)
     schedule = EvalSchedule(cfg, start_step, clock)
+    watch = ObjectiveWatch(cfg.eval.objective, cfg.train.patience, trial, watch_state)
+    during_samples = min(cfg.eval.during_samples, cfg.eval.num_samples)  # the evaluations before the final one
+
+    def state(step: int) -> Callable[[], dict]:
+        return lambda: ckpt.training_state(step, clock.seconds(), gan, fixed_noise, fixed_labels, cfg, batches,
+                                           watch.state())  # fmt: skip
+
     last: dict[str, float] = {}  # the latest scalar read
     scores: dict[str, float] = {}  # the latest evaluation
-    status, step = "completed", start_step
+    reason, verdict, step = None, None, start_step  # verdict: an evaluation's call to stop, acted on at the next step
     if start_step >= cfg.train.steps and writer:  # stopped or killed after its last checkpoint, before its summary
         log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
         with clock.evaluating():
             scores = log_scores(monitor, gan, evaluator, cfg.eval.num_samples, cfg.seed, step) if evaluator else {}
-    with StopSignals(announce=writer) as stop:
+    with StopSignals(announce=writer, sweep_dir=record.sweep_dir) as stop:
         for step in range(start_step + 1, cfg.train.steps + 1):
             stats.add(train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps))
-            reason = stop_reason(step, cfg, clock, stop, runtime)
-            finishing = reason in DONE  # a signal checkpoints at once (a requeue notice leaves little time)
+            reason = stop_reason(step, cfg, clock, stop, runtime, verdict)
+            # the final evaluation is a finished run's; a stopping one (signal, pruned) checkpoints at once: a requeue
+            # notice leaves little time, and a pruned run keeps the scores it was judged on
+            finishing = reason in RAN_TO_ITS_END
 
             if step % cfg.log.every == 0 or reason:
                 values = runtime.mean(stats.read())  # the global batch's: the same on every rank, NaN included
-                if not all_finite(values):
-                    status = "diverged"
-                    break
-                last = values | speed.read(step)
-                if writer:
+                if all_finite(values):
+                    last = values | speed.read(step)
                     monitor.scalars(last, step)
-                progress.update(step, clock.seconds(), last)
-            if writer and (finishing or (cfg.log.sample_every and step % cfg.log.sample_every == 0)):
-                log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
-            if evaluator is not None and (finishing or schedule.due(step, clock)):
-                with clock.evaluating():  # the final evaluation scores its full count, the ones before fewer
-                    count = cfg.eval.num_samples if finishing else min(cfg.eval.during_samples, cfg.eval.num_samples)
-                    scores = log_scores(monitor, gan, evaluator, count, cfg.seed, step)
-            if reason or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
-                if not all(torch.isfinite(p).all() for p in model.parameters()):
-                    status = "diverged"
-                    break
-                if writer:
-                    state = ckpt.training_state(step, clock.seconds(), gan, fixed_noise, fixed_labels, cfg, batches)
-                    ckpt.save_checkpoint(run_dir, state)
+                    progress.update(step, clock.seconds(), last)
+                else:
+                    reason = Status.DIVERGED
+            if reason != Status.DIVERGED:
+                if finishing or (cfg.log.sample_every and step % cfg.log.sample_every == 0):
+                    log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
+                if evaluator is not None and (finishing or (not reason and schedule.due(step, clock))):
+                    with clock.evaluating():  # the final evaluation scores its full count, the ones before fewer
+                        count = cfg.eval.num_samples if finishing else during_samples
+                        scores = log_scores(monitor, gan, evaluator, count, cfg.seed, step)
+                        best, verdict = watch.see(scores, step, schedule.progress(step, clock))
+                        if best:
+                            monitor.save_checkpoint(state(step), best=True)
+                if reason or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                    if all(torch.isfinite(p).all() for p in model.parameters()):
+                        monitor.save_checkpoint(state(step))
+                    else:
+                        reason = Status.DIVERGED
             if reason:
-                status = reason
                 break
     progress.close()
 
+    status = reason or Status.COMPLETED  # no step left to take: a resumed run that had taken them all
     summary = {
         "status": status,
         "step": step,
@@ -247,26 +266,20 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
         "eval_seconds": round(clock.eval_seconds, 3),
         "final": last | scores,
         "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
+        "best": watch.summary(),  # the best eval.objective and its step: checkpoint.best.pt's
     }
-    if writer:
-        write_json(run_dir / "metrics.json", summary)  # first: the run's result must not hang on TensorBoard's extras
-        monitor.finish(status, cfg, record, tags=last | scores)  # HPARAMS: the run's status, and the columns once
-        monitor.close()
+    monitor.write_summary(summary)  # first: the run's result must not hang on TensorBoard's extras
+    monitor.finish(status, cfg, record, tags=last | scores)  # HPARAMS: the run's status, and the columns once
+    monitor.close()
+    if status == Status.PRUNED:
+        log.info("pruned at step %d: %s %s was behind the other trials'", step, cfg.eval.objective,
+                 scores.get(f"Metrics/{cfg.eval.objective}"))  # fmt: skip
     log.info("%s at step %d; outputs in %s", status, step, run_dir)
     try:  # a launcher's own handler runs once the checkpoint is safe: submitit requeues the job (and exits) here
         stop.forward()
     except Exception as error:  # submitit raises when it will not requeue (max_num_timeout used up): not a crash
         log.warning("%s at step %d and not requeued (%s): the same command continues it", status, step, error)
     return summary
-
-
-def objective(summary: dict, name: str) -> float:
-    """The number a sweeper minimises: the final metric `name`, negated where higher is better (precision, recall,
-    coverage, ...), or +inf for a run that did not finish or has none."""
-    value = summary.get("metrics", {}).get(name)
-    if summary.get("status") not in DONE or not isinstance(value, (int, float)) or math.isnan(value):
-        return math.inf
-    return -float(value) if higher_is_better(name) else float(value)
 
 
 register_configs()
@@ -297,19 +310,35 @@ def hydra_main(cfg: DictConfig) -> float:
     if multirun and "submitit" in str(OmegaConf.select(hydra_cfg, "launcher._target_")):
         join_submitit_tasks()  # a job of several tasks trains one run across them
     share_machine(cfg.device, parallel_jobs(hydra_cfg), hydra_cfg.job.num if multirun else 0)
-    if multirun and sweep_stopped(hydra_cfg.sweep.dir):  # a Ctrl-C stopped the sweep: the same command runs this job
+    if not multirun:
+        return run_job(cfg, run_dir, multirun, hydra_cfg)
+    if sweep_stopped(hydra_cfg.sweep.dir):  # a Ctrl-C stopped the sweep: the same command runs this job
         return math.inf
+    previous = SweepInterrupt(hydra_cfg.sweep.dir).install()  # a Ctrl-C while this job starts stops the sweep
     try:
-        summary = train(cfg, run_dir, RunRecord.from_hydra(cfg, hydra_cfg, multirun))
-        if summary["status"] == "diverged":
+        return run_job(cfg, run_dir, multirun, hydra_cfg)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run_job(cfg: DictConfig, run_dir: Path, multirun: bool, hydra_cfg: DictConfig) -> float:
+    """`hydra_main`'s run: train, then turn its end into an exit code, or (in a multirun) into the objective."""
+    try:
+        trial = None
+        if multirun:
+            from ganlab.pruning import trial_for_job  # a sweep's trial, only under hydra/sweeper=search
+
+            trial = trial_for_job(hydra_cfg)
+        summary = train(cfg, run_dir, RunRecord.from_hydra(cfg, hydra_cfg, multirun), trial)
+        if summary["status"] == Status.DIVERGED:
             raise DivergedError(
                 f"the losses became NaN or Inf at step {summary['step']}: the run stopped, kept its last good "
                 f"checkpoint and wrote metrics.json in {run_dir}; lower train.lr or change the loss."
             )
-        if summary["status"] == "stopped by SIGINT" and multirun:  # the sweep ends once its running jobs have
-            stop_sweep(hydra_cfg.sweep.dir)  # checkpointed (SweepSummary), and exits 130 as a shell expects
-            return math.inf
-        if summary["status"] == "stopped by SIGINT":
+        if multirun and sweep_stopped(hydra_cfg.sweep.dir):  # a Ctrl-C: the sweep ends once its running jobs
+            return math.inf  # have checkpointed (SweepSummary), and exits 130 as a shell expects
+        if summary["status"] == Status.STOPPED_BY_SIGINT:
             if world_from_env()[0] == 0:
                 print(f"ganlab: stopped by Ctrl-C at step {summary['step']} with a checkpoint in {run_dir}: run the "
                       f"same command to continue it.", file=sys.stderr)  # fmt: skip
@@ -343,4 +372,4 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    run_command(main)
+    run_command(main, aborted=TRAINING_ABORTED)

@@ -113,7 +113,7 @@ def test_a_smuggled_callable_is_refused_and_never_runs(tmp_path, data_root):
         run(tmp_path, data_root, RESUMABLE + ["train.steps=6"])
     with pytest.raises(CheckpointError) as sampled:
         sample_command([str(run_dir), "n=4", f"out={tmp_path / 'samples.npz'}"])
-    command = subprocess.run([sys.executable, "-c", "from ganlab.cli import sample_main; sample_main()", str(run_dir),
+    command = subprocess.run([sys.executable, "-c", "from ganlab.entry import sample; sample()", str(run_dir),
                               "n=4", f"out={tmp_path / 'samples.npz'}"], capture_output=True, text=True)  # fmt: skip
     converter = convert(run_dir)
     for message in (str(resumed.value), str(sampled.value)):

@@ -19,8 +19,9 @@ import torch
 from conftest import compose_config, fixture_train_images
 from omegaconf import OmegaConf
 
-from ganlab.cli import eval_command, eval_main
+from ganlab.cli import eval_command
 from ganlab.config import build
+from ganlab.entry import evaluate
 from ganlab.features import load_feature_net, prepare_images
 from ganlab.metrics import SampleQuality
 from ganlab.report import higher_is_better, shown_metrics
@@ -126,7 +127,7 @@ def test_bad_labels_are_refused_with_one_sentence(mnist_net):
 
 def run_eval(*arguments) -> subprocess.CompletedProcess:
     """`ganlab-eval` through its console entry point, in a real process on one thread."""
-    return subprocess.run([sys.executable, "-c", "from ganlab.cli import eval_main; eval_main()", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-c", "from ganlab.entry import evaluate; evaluate()", *map(str, arguments)],
                           capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
 
 
@@ -191,7 +192,7 @@ def test_unusable_labels_are_one_line_naming_the_file(case, data_root, tmp_path,
     monkeypatch.setattr(sys, "argv", ["ganlab-eval", str(tmp_path / "a.npz"), "dataset=mnist",
                                       f"dataset.root={data_root}"])  # fmt: skip
     with pytest.raises(SystemExit) as exited:
-        eval_main()
+        evaluate()
     error = capsys.readouterr().err
     assert exited.value.code == 2 and error.count("\n") == 1 and phrase in error, error
     assert str(tmp_path / "a.npz") in error

@@ -14,8 +14,10 @@ from conftest import dataset_overrides, wait_for
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from test_checkpoint import assert_same_training_state
 
-from ganlab.checkpoint import CHECKPOINT
+from ganlab.config import check_command_line
+from ganlab.errors import ConfigError
 from ganlab.monitor import StopSignals
+from ganlab.runfolder import CHECKPOINT
 
 QUICK = [
     "train.steps=2",
@@ -152,6 +154,21 @@ def test_sigterm_checkpoints_and_exits_cleanly_then_resumes(tmp_path, data_root)
     result = ganlab_train(*overrides, f"train.steps={stopped_at + 3}", "train.resume=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == stopped_at + 3
+
+
+def test_the_key_check_knows_nested_groups_global_options_and_leaves_alone_what_it_cannot_judge(tmp_path):
+    own = tmp_path / "my_conf"
+    (own / "model" / "big").mkdir(parents=True)
+    (own / "model" / "glob.yaml").write_text("# a comment first\n# @package _global_\nmy_top_key: 1\n")
+    (own / "model" / "big" / "x.yaml").write_text("_target_: ganlab.models.mlp.MLP\nwidth: 3\n")
+    searchpath = f"hydra.searchpath=[file://{own}]"
+    check_command_line([searchpath, "model/big=x", "model.big.width=4", "my_top_key=2"])
+    with pytest.raises(ConfigError, match="model.big.widht is not a key .* did you mean model.big.width"):
+        check_command_line([searchpath, "model.big.widht=4"])
+    check_command_line(["-sc", "install=bash"])  # Hydra's shell completion: not an override
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "primary" / "config.yaml").write_text("anything: 1\n")
+    check_command_line(["--config-dir", str(tmp_path / "primary"), "anything=2"])  # the user's own primary config
 
 
 def start(command: list[str], cwd: Path) -> subprocess.Popen:

@@ -59,6 +59,7 @@ def test_eval_scores_a_run_and_a_sample_file(run_dir, tmp_path, capsys):
     capsys.readouterr()
     eval_command([str(out)])
     from_file = json.loads(capsys.readouterr().out)
+    assert scores.pop("checkpoint") == "best" and scores.pop("step") in (1, 2, 3)  # the run's best evaluation
     raw = {name: value for name, value in scores.items() if not name.endswith("_ema")}
     assert from_file == pytest.approx(raw, rel=1e-4)  # the same 40 latent vectors, seed 0: every metric agrees
 
@@ -72,12 +73,14 @@ def test_sample_file_of_a_toy_run_is_scored_on_its_own_dataset(tmp_path, capsys)
     eval_command([str(tmp_path / "points.npz")])
     from_file = json.loads(capsys.readouterr().out)
     eval_command([str(run), "n=64"])
-    assert from_file == json.loads(capsys.readouterr().out)  # the same 64 latent vectors (seed 0) as the run's
+    from_run = json.loads(capsys.readouterr().out)
+    assert (from_run.pop("checkpoint"), from_run.pop("step")) == ("last", 3)  # no evaluation: no best checkpoint
+    assert from_file == from_run  # the same 64 latent vectors (seed 0) as the run's
     assert set(from_file) == {"modes_covered", "high_quality"}
 
 
 def test_eval_reports_bad_input_in_one_line(run_dir, tmp_path):
-    process = subprocess.run([sys.executable, "-c", "from ganlab.cli import eval_main; eval_main()",
+    process = subprocess.run([sys.executable, "-c", "from ganlab.entry import evaluate; evaluate()",
                               str(tmp_path / "missing.npz")], capture_output=True, text=True)  # fmt: skip
     assert process.returncode == 2
     assert process.stderr.strip().startswith("ganlab: error:") and process.stderr.count("\n") == 1
@@ -120,11 +123,11 @@ def test_the_tour_samples_and_scores_the_run_folder_the_command_line_named(tmp_p
     with np.load(elsewhere / "digits.npz") as data:
         assert data["images"].shape == (64, 1, 28, 28)
     assert (elsewhere / "digits.png").exists()
-    scored = command("evaluate", run_dir, "n=32", cwd=elsewhere)
+    scored = command("evaluate", run_dir, "n=16", cwd=elsewhere)
     assert scored.returncode == 0, scored.stderr
     assert {"fid", "fid_ema"} <= set(json.loads(scored.stdout))
-    # fewer samples than a run's final evaluation: one line says the FID is biased
-    assert scored.stderr.count("\n") == 1 and "warning: scoring 32 samples, fewer than the 10000" in scored.stderr
+    # fewer samples than the run's final evaluation: one line says the FID is biased
+    assert scored.stderr.count("\n") == 1 and "warning: scoring 16 samples, fewer than the 32" in scored.stderr
 
 
 def test_a_sweep_jobs_folder_is_sampled_and_scored(tmp_path, data_root):

@@ -228,7 +228,7 @@ def test_class_k_samples_are_what_the_generator_makes_for_label_k(tmp_path, cond
     from ganlab.data import to_uint8
     from ganlab.evaluate import generate
 
-    _, model, _ = load_run(conditional_run, "cpu")
+    _, model, _, _ = load_run(conditional_run, "cpu")
     for label, same in ((7, True), (2, False)):
         samples, _ = generate(model.generator, model, 8, 0, torch.full((8,), label))
         written = torch.from_numpy(np.load(tmp_path / "s.npz")["images"])

@@ -18,7 +18,8 @@ from conftest import CONF_DIR, fixture_train_images
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ganlab.cli import eval_command, eval_main
+from ganlab.cli import eval_command
+from ganlab.entry import evaluate, sample
 
 IMAGES = fixture_train_images("mnist")  # uint8 (64, 1, 28, 28)
 
@@ -37,8 +38,11 @@ def expected(data_root, tmp_path_factory) -> dict:
     """The scores of the uint8 (N, C, H, W) original, saved as .npy."""
     path = tmp_path_factory.mktemp("expected") / "images.npy"
     np.save(path, IMAGES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests (`one_thread`), which this module-wide fixture is set up before
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         eval_command([str(path), "dataset=mnist", f"dataset.root={data_root}"])
+    torch.set_num_threads(threads)
     scores = json.loads(printed.getvalue())
     assert {"fid", "kid_mean", "precision", "recall", "density", "prdc_coverage", "coverage"} <= set(scores)
     return scores
@@ -129,7 +133,7 @@ def test_an_unreadable_file_is_one_line_naming_what_it_holds(case, data_root, tm
     arguments = [str(tmp_path / name), "dataset=mnist", f"dataset.root={data_root}"]
     monkeypatch.setattr(sys, "argv", ["ganlab-eval", *arguments])
     with pytest.raises(SystemExit) as exited:
-        eval_main()
+        evaluate()
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("ganlab: error: ") and error.count("\n") == 1 and phrase in error, error
@@ -140,16 +144,14 @@ def test_dataset_must_be_named_and_known(data_root, tmp_path):
     """Through the installed console script's code in a real process: no traceback, one line, exit code 2."""
     np.save(tmp_path / "a.npy", IMAGES)
     for options, phrase in (([], "add dataset=NAME"), (["dataset=svhn"], "dataset=svhn is not a dataset of ganlab")):
-        process = subprocess.run([sys.executable, "-c", "from ganlab.cli import eval_main; eval_main()",
+        process = subprocess.run([sys.executable, "-c", "from ganlab.entry import evaluate; evaluate()",
                                   str(tmp_path / "a.npy"), *options], capture_output=True, text=True)  # fmt: skip
         assert process.returncode == 2 and process.stderr.count("\n") == 1 and phrase in process.stderr
 
 
 @pytest.mark.parametrize("arguments", [["n=abc"], ["seed=-1"], ["device=gpu"]], ids=["n", "seed", "device"])
 def test_bad_options_of_either_command_are_one_line(arguments, tmp_path, monkeypatch, capsys):
-    from ganlab.cli import sample_main
-
-    for main, name in ((eval_main, "ganlab-eval"), (sample_main, "ganlab-sample")):
+    for main, name in ((evaluate, "ganlab-eval"), (sample, "ganlab-sample")):
         monkeypatch.setattr(sys, "argv", [name, str(tmp_path), *arguments])
         with pytest.raises(SystemExit) as exited:
             main()
