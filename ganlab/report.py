@@ -15,30 +15,22 @@ its FID falls on the feature net's calibration table (`ganlab.calibration`); the
 
 import argparse
 import csv
-import json
-import logging
 import math
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ganlab.entry import run_command
-from ganlab.errors import ConfigError, DataError
-from ganlab.runfolder import CONFIG, RAN_TO_ITS_END, SUMMARY, Status, has_checkpoint, higher_is_better
+from ganlab.errors import ConfigError
+from ganlab.runfolder import RAN_TO_ITS_END, Status, higher_is_better, minimised
+from ganlab.sweep_jobs import Job, group_jobs, group_keys, load_jobs, metric_names, swept_keys
 
 USAGE = "ganlab-report <sweep_dir> [--metric NAME] [--out DIR]"
 # what report.md shows after the ranking metric, of the same generator: fidelity, diversity, class balance and,
 # for a class-conditional run, whether it draws the class asked for
 COMPANIONS = ("precision", "recall", "coverage", "modes_covered", "high_quality", "accuracy")
-
-# TensorBoard's directory watcher logs "No path found after <event file>" at INFO for every job it reads, which
-# the end-of-sweep summary (ganlab.sweep, running under Hydra's logging) would print once per job
-logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
 Table = list[dict[str, object]]  # rows of one table; a (mean, std) tuple is one cell in Markdown, two in CSV
 
@@ -48,112 +40,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise ConfigError(f"{message}: usage: {USAGE}")
-
-
-@dataclass
-class Job:
-    """One job folder of a sweep, as far as it got."""
-
-    folder: Path
-    overrides: dict[str, str]  # the job's command-line overrides, key -> value, as .hydra/overrides.yaml lists them
-    status: str  # metrics.json's status, or interrupted / not started / unreadable
-    steps: int | None = None
-    seconds: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation, e.g. {"fid": 31.2}
-    steps_per_second: float | None = None
-    images_per_second: float | None = None
-    error: str = ""
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # TensorBoard tag -> (step, value)
-    objective: str | None = None  # the job's eval.objective, from its config.yaml
-    feature_net: str | None = None  # the job's dataset.feature_net (whose calibration table places its FID)
-
-    @property
-    def name(self) -> str:
-        """The job's folder name, as Hydra's sweep subdir made it (ganlab.sweep's summary logs it)."""
-        return self.folder.name
-
-
-def read_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """The Loss/D, Loss/G and Metrics/* scalars of a job's TensorBoard event files (empty if it has none)."""
-    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0 keeps every point
-    try:
-        accumulator.Reload()
-    except Exception:  # an event file being written or cut off must not stop the report of the whole sweep
-        return {}
-    tags = [tag for tag in accumulator.Tags()["scalars"] if tag in ("Loss/D", "Loss/G") or tag.startswith("Metrics/")]
-    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in tags}
-
-
-def read_overrides(folder: Path) -> dict[str, str]:
-    """The job's overrides, e.g. `[loss=bce, seed=0]` in .hydra/overrides.yaml as {"loss": "bce", "seed": "0"}."""
-    path = folder / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
-    try:
-        overrides = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as error:  # OmegaConf raises several kinds for a damaged YAML file
-        raise DataError(f"{path} is unreadable ({type(error).__name__}): repair it or move that job folder.") from None
-    return {key: value for key, _, value in (str(override).partition("=") for override in overrides)}
-
-
-def read_config(folder: Path) -> tuple[str | None, str | None]:
-    """The job's eval.objective and dataset.feature_net from its config.yaml; None for what it does not have."""
-    try:
-        config = OmegaConf.load(folder / CONFIG)
-        return OmegaConf.select(config, "eval.objective"), OmegaConf.select(config, "dataset.feature_net")
-    except Exception:  # missing (not started) or damaged: the job is reported without them
-        return None, None
-
-
-def load_job(folder: Path, curves: bool = True) -> Job:
-    """The job in `folder`: its overrides, and its summary from metrics.json or, if it has none, its event files.
-
-    curves: read the TensorBoard curves too (the figure needs them; a status count does not).
-    """
-    job = Job(folder, read_overrides(folder), Status.NOT_STARTED, curves=read_curves(folder) if curves else {})
-    job.objective, job.feature_net = read_config(folder)
-    if not (folder / SUMMARY).exists():
-        if has_checkpoint(folder):
-            job.status = Status.INTERRUPTED
-            job.steps = max((step for step, _ in job.curves.get("Loss/D", [])), default=None)
-        return job
-    try:
-        summary = json.loads((folder / SUMMARY).read_text())
-        final = summary.get("final", {})  # a failed job writes only its status and error
-        job.status, job.error = str(summary["status"]), str(summary.get("error", ""))
-        job.steps, job.seconds = summary.get("step"), summary.get("seconds")
-        job.metrics = {name: float(value) for name, value in summary.get("metrics", {}).items()}
-        job.steps_per_second = final.get("Speed/steps_per_second")
-        job.images_per_second = final.get("Speed/images_per_second")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        job.status, job.error = Status.UNREADABLE, f"metrics.json is unreadable ({type(error).__name__})"
-    return job
-
-
-def load_jobs(sweep_dir: Path, curves: bool = True) -> list[Job]:
-    """Every job folder directly under `sweep_dir` (one holding .hydra/overrides.yaml or config.yaml), by name."""
-    if not sweep_dir.is_dir():
-        raise ConfigError(f"sweep dir {sweep_dir} does not exist: pass the folder a `ganlab-train -m` run wrote.")
-    folders = [p for p in sorted(sweep_dir.iterdir()) if (p / ".hydra" / "overrides.yaml").exists()
-               or (p / CONFIG).exists()]  # fmt: skip
-    if not folders:
-        raise DataError(
-            f"{sweep_dir} holds no job folders (.hydra/overrides.yaml): pass the folder a `ganlab-train -m` run wrote."
-        )
-    return [load_job(folder, curves) for folder in folders]
-
-
-def swept_keys(jobs: list[Job]) -> list[str]:
-    """The override keys whose value differs between jobs, in the order they first appear; all of them for one job."""
-    keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
-    if len(jobs) == 1:
-        return keys
-    return [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
-
-
-def metric_names(jobs: list[Job]) -> list[str]:
-    """The union of the jobs' metric names, sorted (datasets differ in which metrics they have)."""
-    return sorted({name for job in jobs for name in job.metrics})
 
 
 def sweep_objective(jobs: list[Job]) -> str | None:
@@ -173,14 +59,33 @@ def shown_metrics(metric: str | None, names: list[str]) -> list[str]:
 def rank(rows: Table, metric: str | None) -> Table:
     """`rows` best first by `metric` (a (mean, std) cell ranks by its mean); rows without it last, in their order."""
 
-    def key(row: dict) -> float:
+    def key(row: dict) -> tuple[bool, float]:
         value = row.get(metric)
         value = value[0] if isinstance(value, tuple) else value
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return math.inf
-        return -value if higher_is_better(metric) else value
+        cut_short = row.get("status", Status.COMPLETED) not in RAN_TO_ITS_END  # pruned, stopped: after the others
+        return cut_short, minimised(metric, value)
 
     return rows if metric is None else sorted(rows, key=key)
+
+
+def sweep_cost(jobs: list[Job]) -> str | None:
+    """A sentence on what pruning (and early stopping) saved: the training seconds the sweep spent, against an
+    estimate of them had every job run to its end (its time budget, or its train.steps at the mean seconds per step
+    of the jobs that completed); None if no job was cut short."""
+    cut = [job for job in jobs if job.status in (Status.PRUNED, Status.EARLY_STOPPED)]
+    finished = [job for job in jobs if job.status in (Status.COMPLETED, Status.TIME_BUDGET) and job.steps]
+    if not cut or not finished:
+        return None
+    per_step = sum(job.seconds / job.steps for job in finished) / len(finished)
+    spent = sum(job.seconds or 0.0 for job in jobs)
+    unpruned = sum(job.seconds for job in finished) + sum(
+        job.max_seconds or (job.planned_steps or 0) * per_step for job in cut
+    )  # fmt: skip
+    stops = ", ".join(f"{job.name} at step {job.steps}" for job in cut)
+    return (
+        f"{len(cut)} of {len(jobs)} jobs were cut short ({stops}): the sweep trained {spent:,.0f} s, "
+        f"{spent / unpruned:.0%} of the {unpruned:,.0f} s estimated had every job run to its end."
+    )
 
 
 class CalibrationScale:
@@ -255,20 +160,6 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     if not present:
         return None, None
     return float(np.mean(present)), (float(np.std(present, ddof=1)) if len(present) > 1 else 0.0)
-
-
-def group_keys(jobs: list[Job]) -> list[str]:
-    """The swept override keys that tell groups apart: all but the seed, whose runs a group averages over."""
-    return [key for key in swept_keys(jobs) if key != "seed"]
-
-
-def group_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
-    """The jobs of each group, under the group's name (e.g. `loss=bce,model=mlp`; `all jobs` if only seeds differ)."""
-    keys, groups = group_keys(jobs), {}
-    for job in jobs:
-        name = ",".join(f"{key}={job.overrides.get(key)}" for key in keys) or "all jobs"
-        groups.setdefault(name, []).append(job)
-    return groups
 
 
 def group_table(jobs: list[Job], metric: str | None, scale: CalibrationScale | None = None) -> Table:
@@ -358,6 +249,9 @@ def markdown(sweep_dir: Path, jobs: list[Job], metric: str | None, why: str, sca
             f"sits a little higher on it)."
         )
     header += " Every metric is in report_jobs.csv and report_groups.csv."
+    cost = sweep_cost(jobs)
+    if cost is not None:
+        header += f" {cost} A cut job's scores are those of the evaluation that stopped it."
     return (
         f"# Sweep {sweep_dir}: {len(jobs)} job{'s' * (len(jobs) > 1)} ({counts})\n\n{header}\n\n## Jobs\n\n"
         + markdown_table(job_table(jobs, metric, scale), leave_out=("overrides", *hidden))  # swept columns say it

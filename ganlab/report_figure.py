@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from ganlab.report import Job, group_jobs
+from ganlab.sweep_jobs import Job, group_jobs
 
 PANELS_PER_ROW = 5  # figure panels side by side before wrapping to a new row
 

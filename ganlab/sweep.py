@@ -246,7 +246,7 @@ class SweepSummary(Callback):
             self._previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from ganlab.report import load_jobs  # the report's reading of a sweep dir, partial sweeps included
+        from ganlab.sweep_jobs import load_jobs  # reads a sweep dir, partial sweeps included
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if self._previous_handler is not None:

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from ganlab.features import read_manifest
-from ganlab.report import load_jobs
+from ganlab.sweep_jobs import load_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 200
@@ -226,3 +226,30 @@ def test_figure_gains_the_precision_recall_plane(sweep, report, tmp_path):
     assert run_report(tmp_path / "images").returncode == 0
     with Image.open(sweep / "report.png") as without, Image.open(tmp_path / "images" / "report.png") as with_plane:
         assert with_plane.size[0] > without.size[0]  # 4 curve panels (2 losses, 2 toy metrics), then 5
+
+
+def test_a_pruned_job_ranks_after_the_finished_ones_and_the_saving_is_estimated(sweep, tmp_path):
+    """A job cut short at step 100 of 200 (as the pruner's run writes it): the report names it and the step, and
+    sets the seconds the sweep trained against those had it run to its end."""
+    pruned = tmp_path / "multirun"
+    shutil.copytree(sweep, pruned)
+    folder = job_folders(pruned)["bce", "0"]
+    summary = json.loads((folder / "metrics.json").read_text())
+    others = [
+        json.loads((job / "metrics.json").read_text())
+        for key, job in job_folders(pruned).items()
+        if key != ("bce", "0")
+    ]
+    summary |= {"status": "pruned", "step": 100, "seconds": 1.0, "metrics": {"high_quality": 1.0, "modes_covered": 8}}
+    (folder / "metrics.json").write_text(json.dumps(summary))
+    assert run_report(pruned).returncode == 0
+    text = (pruned / "report.md").read_text()
+    per_step = sum(job["seconds"] / job["step"] for job in others) / 3
+    spent, unpruned = (
+        1.0 + sum(job["seconds"] for job in others),
+        sum(job["seconds"] for job in others) + 200 * per_step,
+    )
+    assert f"1 of 4 jobs were cut short ({folder.name} at step 100): the sweep trained {spent:,.0f} s" in text
+    assert f"{spent / unpruned:.0%} of the {unpruned:,.0f} s estimated" in text
+    rows = read_csv(pruned / "report_jobs.csv")
+    assert rows[-1]["status"] == "pruned" and rows[-1]["steps"] == "100"  # its perfect score does not rank it first
