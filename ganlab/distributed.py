@@ -123,6 +123,12 @@ def world_from_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def is_writer_process() -> bool:
+    """Whether this process writes the run's folder and says what went wrong: rank 0 (before `start`, whose
+    Runtime.is_writer says the same, has run)."""
+    return world_from_env()[0] == 0
+
+
 def join_submitit_tasks() -> None:
     """In a submitit job of several tasks (`hydra.launcher.tasks_per_node` or `nodes`), make the tasks one process
     group: submitit's own TorchDistributedEnvironment exports RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT,

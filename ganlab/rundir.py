@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganlab.config import RESUMABLE_KEYS, absolute_paths
+from ganlab.distributed import is_writer_process
 from ganlab.errors import CheckpointError, ConfigError, GanlabError
 from ganlab.runfolder import CONFIG, FINAL, LOCK, Status, holds_run, read_summary, write_summary
 
@@ -148,7 +149,7 @@ class RunDirLock(Callback):
         self.lock: RunLock | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 holds the folder for every rank
+        if not is_writer_process():  # under torchrun, rank 0 holds the folder for every rank
             return
         try:
             self.lock = RunLock.acquire(Path(OmegaConf.select(config, "hydra.run.dir")))

@@ -33,7 +33,7 @@ from ganlab.config import (
 )
 from ganlab.data import make_batches
 from ganlab.device import resolve_device, seed_everything
-from ganlab.distributed import Runtime, join_submitit_tasks, start, world_from_env
+from ganlab.distributed import Runtime, is_writer_process, join_submitit_tasks, start
 from ganlab.entry import INTERRUPTED, TRAINING_ABORTED, run_command
 from ganlab.errors import DivergedError, GanlabError
 from ganlab.evaluate import evaluate
@@ -147,7 +147,7 @@ def train(cfg: DictConfig, run_dir: str | Path, record: RunRecord | None = None,
     resolve_image_size(cfg)
     absolute_paths(cfg)
     run_dir = Path(run_dir)
-    writer = world_from_env()[0] == 0  # under torchrun, rank 0 holds the folder for all ranks
+    writer = is_writer_process()  # under torchrun, rank 0 holds the folder for all ranks
     with RunLock.acquire(run_dir) if writer else nullcontext():
         done = open_run(run_dir, cfg)
         if done is not None:
@@ -302,7 +302,7 @@ def hydra_main(cfg: DictConfig) -> float:
 
     In a multirun a job never raises, so one bad job cannot stop the sweep: a user error or a crash is recorded as
     status `failed` in its metrics.json (a crash's traceback goes to its train.log), and the job returns +inf.
-    Returns the final `eval.objective` metric, which the Optuna sweeper minimises.
+    Returns the final `eval.objective` metric, which a sweeper (`hydra/sweeper=search`) minimises.
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -339,7 +339,7 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool, hydra_cfg: DictConfi
         if multirun and sweep_stopped(hydra_cfg.sweep.dir):  # a Ctrl-C: the sweep ends once its running jobs
             return math.inf  # have checkpointed (SweepSummary), and exits 130 as a shell expects
         if summary["status"] == Status.STOPPED_BY_SIGINT:
-            if world_from_env()[0] == 0:
+            if is_writer_process():
                 print(f"ganlab: stopped by Ctrl-C at step {summary['step']} with a checkpoint in {run_dir}: run the "
                       f"same command to continue it.", file=sys.stderr)  # fmt: skip
             sys.exit(INTERRUPTED)
@@ -350,14 +350,14 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool, hydra_cfg: DictConfi
                         sorted(summary["metrics"]))  # fmt: skip
         return objective(summary, cfg.eval.objective)
     except GanlabError as error:
-        if world_from_env()[0] == 0:  # under torchrun every rank meets the same error: one line, rank 0's
+        if is_writer_process():  # under torchrun every rank meets the same error: one line, rank 0's
             print(f"ganlab: error: {error}", file=sys.stderr)
         if not multirun:
             lock = held_lock(run_dir)  # the callback's: a run that could not start leaves no folder behind
             if lock is not None and not isinstance(error, DivergedError):
                 lock.discard_if_unused()
             sys.exit(error.exit_code)
-        if not isinstance(error, (DivergedError, RunDirBusy)) and world_from_env()[0] == 0:  # a busy folder is
+        if not isinstance(error, (DivergedError, RunDirBusy)) and is_writer_process():  # a busy folder is
             record_failure(run_dir, str(error))  # the holder's; rank 0 records for all ranks
     except Exception as error:
         if not multirun:

@@ -1,6 +1,7 @@
 """A plain (non-editable) install: the built wheel carries the config groups and trains from outside the source tree."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory) -> Path:
     """The project's wheel, built from this checkout and installed (without dependencies) into a fresh folder."""
     wheels, site = tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("site")
+    # built from a copy: setuptools builds inside the source folder, and two test workers building at once clash
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "conf", "ganlab", "hydra_plugins"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)]
-    subprocess.run(build + [str(REPO)], check=True, capture_output=True, timeout=300)
+    subprocess.run(build + [str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("ganlab-*.whl")
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, capture_output=True, timeout=300)

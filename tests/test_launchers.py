@@ -67,18 +67,18 @@ def in_search_space(space, value) -> bool:
 
 def trials(sweep: Path, searched: set[str]) -> list[dict]:
     """Each trial job of a finished sweep, in the order Optuna ran them: its drawn params, summary and objective."""
-    jobs = []
+    jobs, parser = [], OverridesParser.create()
     for saved in sweep.glob("*/.hydra/hydra.yaml"):
         folder = saved.parent.parent
         hydra = yaml.safe_load(saved.read_text())["hydra"]
-        overrides = dict(override.split("=", 1) for override in hydra["overrides"]["task"])
+        overrides = {o.key_or_group: o.value() for o in parser.parse_overrides(hydra["overrides"]["task"])}
         config = yaml.safe_load((folder / "config.yaml").read_text())  # what ganlab trained with, resolved
         summary = json.loads((folder / "metrics.json").read_text())
         jobs.append(
             {
                 "num": hydra["job"]["num"],
                 "folder": folder.name,
-                "params": {key: yaml.safe_load(overrides[key]) for key in searched},
+                "params": {key: overrides[key] for key in searched},
                 "summary": summary,
                 "objective": summary["metrics"].get(config["eval"]["objective"]),
                 "objective_name": config["eval"]["objective"],
@@ -87,9 +87,9 @@ def trials(sweep: Path, searched: set[str]) -> list[dict]:
     return sorted(jobs, key=lambda job: job["num"])
 
 
-def test_the_fid_search_preset_runs_seeded_optuna_trials_scored_by_fid(tmp_path, data_root):
+def test_the_fid_search_preset_runs_seeded_search_trials_scored_by_fid(tmp_path, data_root):
     preset = hydra_settings(["hydra/sweeper=fid_search"]).sweeper
-    assert preset._target_.endswith("OptunaSweeper") and preset.direction == "minimize"  # FID: lower is better
+    assert preset._target_.endswith("SearchSweeper") and preset.direction == "minimize"  # FID: lower is better
     parser = OverridesParser.create()
     space = {key: parser.parse_override(f"{key}={value}").value() for key, value in preset.params.items()}
 
@@ -114,7 +114,7 @@ def test_the_fid_search_preset_runs_seeded_optuna_trials_scored_by_fid(tmp_path,
     assert results["best_value"] == min(job["objective"] for job in jobs)
     assert results["best_params"] == best["params"]
 
-    # the preset's seeded sampler proposes the same trials again, so the same command finds its folders again
+    # a new study (another sweep folder) with the preset's seeded sampler proposes the same trials: reproducible
     again = trials(sweep("second"), set(space))
     assert [job["params"] for job in again] == [job["params"] for job in jobs]
     assert [job["folder"] for job in again] == [job["folder"] for job in jobs]

@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ganlab.checkpoint import CHECKPOINT, load_checkpoint
 from ganlab.errors import CheckpointError
 from ganlab.hparams import RunRecord, hparam_values
-from ganlab.monitor import StopSignals, write_json
+from ganlab.monitor import StopSignals
+from ganlab.runfolder import write_json
 from ganlab.sweep import folder_name, job_name, named_overrides, swept_overrides
 from ganlab.train import objective, record_failure, train
 
@@ -85,9 +86,9 @@ def test_folder_names_are_safe_and_deterministic():
 
 def test_a_command_names_its_folder_by_its_overrides_in_any_order():
     command = ["seed=0,1", "loss=bce,lsgan", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset.root=/data",
-               "train.resume=true", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3"]  # fmt: skip
+               "train.resume=true", "hydra/sweeper=search", "hydra.sweeper.n_trials=3"]  # fmt: skip
     assert named_overrides(command) == [
-        "hydra.sweeper.n_trials=3", "hydra/sweeper=optuna", "loss=bce,lsgan", "seed=0,1",
+        "hydra.sweeper.n_trials=3", "hydra/sweeper=search", "loss=bce,lsgan", "seed=0,1",
     ]  # fmt: skip
     assert named_overrides(["loss=bce", "seed=1"]) == named_overrides(["seed=1", "loss=bce"])
     # an image folder's root is the dataset itself: two of them must not share a run folder
@@ -316,7 +317,7 @@ def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     assert len(submitted) == 2  # one submitit job (own process id) each
 
 
-def test_optuna_minimises_the_objective_over_real_runs(tmp_path):
+def test_the_search_sweeper_minimises_the_objective_over_real_runs(tmp_path):
     result = ganlab_train(
         "-m",
         *TOY,
@@ -324,7 +325,7 @@ def test_optuna_minimises_the_objective_over_real_runs(tmp_path):
         "eval.enabled=true",
         "eval.num_samples=64",
         "eval.objective=high_quality",
-        "hydra/sweeper=optuna",
+        "hydra/sweeper=search",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.seed=0",
         "train.lr=tag(log,interval(1e-4,1e-2))",
