@@ -197,7 +197,8 @@ def test_bad_conditioning_values_are_one_sentence_naming_the_key(tmp_path, data_
 
 
 def ganlab(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    code = f"import sys; from ganlab.cli import {command}_main as main; sys.argv[0] = 'ganlab-{command}'; main()"
+    entry = {"sample": "sample", "eval": "evaluate"}[command]  # the console scripts' functions (ganlab.entry)
+    code = f"import sys; from ganlab.entry import {entry} as main; sys.argv[0] = 'ganlab-{command}'; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
