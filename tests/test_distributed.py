@@ -195,3 +195,17 @@ def test_a_submitit_job_of_two_tasks_trains_one_run_across_them(tmp_path, data_r
     assert len(list(job.glob("events.out.tfevents.*"))) == 1
     assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
     assert_close_runs(tmp_path / "one", job)
+
+
+def test_rank_0s_call_to_stop_early_stops_every_rank_at_the_same_step(tmp_path, data_root):
+    """Rank 0 alone evaluates; its verdict (here train.patience's, a pruner's takes the same path) reaches every
+    rank through the per-step agreement, so no rank waits for a collective the others have left."""
+    run = tmp_path / "run"
+    overrides = [*dataset_overrides("mnist", data_root), *QUICK, "model.hidden=16", "train.batch_size=8",
+                 "train.steps=200", "eval.enabled=true", "eval.every=1", "eval.num_samples=16",
+                 "eval.during_samples=16", "train.patience=2", "eval.objective=nothing"]  # fmt: skip
+    code, out, err = finish(torchrun(*overrides, f"hydra.run.dir={run}", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert (summary["status"], summary["step"]) == ("early_stopped", 3)  # judged at step 2, stopped at 3
+    assert load_checkpoint(run)["step"] == 3

@@ -4,6 +4,7 @@ continued by the same command; and a job's reports to its trial, which the study
 
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import CONF_DIR
+from conftest import CONF_DIR, wait_for
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
@@ -230,7 +231,8 @@ def test_a_real_sweep_prunes_a_trial_whose_curve_falls_behind(tmp_path):
     longer = ["train.steps=1500", "eval.num_samples=256", "eval.during_samples=256", "eval.objective=modes_covered"]
     result = ganlab_train(
         "-m", *TOY, *longer, *SEARCH, "hydra.sweeper.n_trials=2", "train.lr=tag(log, interval(1e-7, 1e-2))",
-        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0", cwd=tmp_path,
+        "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=0", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     good, bad = journal_study(sweep).get_trials()
@@ -292,8 +294,37 @@ def test_the_fid_search_preset_is_a_search(tmp_path):
     sweeper = yaml.safe_load(result.stdout)["hydra"]["sweeper"]
     assert sweeper["_target_"] == "hydra_plugins.ganlab_search.search_sweeper.SearchSweeper"
     assert (sweeper["direction"], sweeper["n_trials"], sweeper["sampler"]["seed"]) == ("minimize", 20, 0)
-    assert sweeper["pruner"]["_target_"] == "optuna.pruners.MedianPruner" and sweeper["storage"] is None
+    assert sweeper["pruner"]["_target_"] == "optuna.pruners.HyperbandPruner" and sweeper["storage"] is None
     assert set(sweeper["params"]) == {"train.lr", "train.batch_size", "train.d_steps"}
     space = SearchSpace([f"{key}={value}" for key, value in sweeper["params"].items()])
     assert space.distributions["train.lr"] == FloatDistribution(1e-5, 1e-2, log=True)
     assert space.distributions["train.batch_size"] == CategoricalDistribution([32, 64, 128])
+
+
+def test_a_sweep_stopped_by_sigterm_while_trials_run_continues_to_n_trials_training_no_trial_twice(tmp_path):
+    """SIGTERM (as SLURM sends on preemption) to the whole sweep while its first trial trains: the same command then
+    resumes that trial from its checkpoint in its folder and adds trials only up to n_trials."""
+    sweep = tmp_path / "sweep"
+    long = ["train.steps=3000", "train.checkpoint_every=50", "eval.times=10", "hydra.sweeper.n_trials=3"]
+    command = [sys.executable, "-m", "ganlab.train", "-m", *TOY, *long, *SEARCH, "hydra/sweeper/pruner=none",
+               "loss=bce,hinge", "train.lr=tag(log, interval(1e-4, 1e-2))"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    wait_for(lambda: any(sweep.glob("*/checkpoint.pt")) or process.poll() is not None, "the first trial's checkpoint")
+    os.killpg(process.pid, signal.SIGTERM)
+    process.communicate(timeout=120)
+    (first,) = [job for job in jobs_by_trial(sweep).values() if (job / "checkpoint.pt").exists()]
+    stopped_at = yaml.safe_load((first / "metrics.json").read_text())["step"]
+    assert [t.state for t in journal_study(sweep).trials] == [TrialState.RUNNING]  # left for the same command
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = journal_study(sweep).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    jobs = jobs_by_trial(sweep)
+    assert sorted(jobs) == [0, 1, 2] and jobs[0] == first
+    assert f"resuming {first} from step {stopped_at}" in (first / "train.log").read_text()
+    for job in jobs.values():  # each trained its 3000 steps once: one folder, one run, no step trained again
+        summary = yaml.safe_load((job / "metrics.json").read_text())
+        assert (summary["status"], summary["step"]) == ("completed", 3000)

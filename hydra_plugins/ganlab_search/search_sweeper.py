@@ -23,9 +23,10 @@ class SearchSweeperConf:
 
     _target_: str = "hydra_plugins.ganlab_search.search_sweeper.SearchSweeper"
     _recursive_: bool = False  # the sweeper builds the sampler (grid's needs the search space) and the pruner itself
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    # hyperband: the pruner that met the target (half the steps, the best within 10%) in docs/results.md
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "hyperband"}])
     sampler: Any = MISSING  # hydra/sweeper/sampler=tpe|random|grid|cmaes; e.g. hydra.sweeper.sampler.seed=0
-    pruner: Any = MISSING  # hydra/sweeper/pruner=median|hyperband|none, judged by the jobs after each evaluation
+    pruner: Any = MISSING  # hydra/sweeper/pruner=hyperband|median|none, judged by the jobs after each evaluation
     direction: str = "minimize"  # jobs return eval.objective as a number to minimise (higher-is-better ones negated)
     study_name: str = "ganlab"  # the study's name in its storage (name each sweep's study in a shared database)
     storage: str | None = None  # an Optuna storage URL (sqlite:///x.db); null = the journal file optuna.journal
