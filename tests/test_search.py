@@ -170,6 +170,26 @@ def test_jobs_of_the_joblib_launcher_report_to_one_study(tmp_path):
         assert job.name == f"lr={lr}"
 
 
+def test_jobs_of_submitits_local_executor_report_to_the_study_and_are_pruned(tmp_path):
+    """Each job in its own submitit process: its reports reach the study in the sweep folder's journal, where the
+    pruner (median, judging from the first completed trial on) stops the trial that learns nothing."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    study = optuna.create_study(study_name="ganlab", storage=journal_storage(sweep))
+    study.enqueue_trial({"train.lr": 2e-3})
+    study.enqueue_trial({"train.lr": 1e-7})
+    longer = ["train.steps=1500", "eval.num_samples=256", "eval.during_samples=256", "eval.objective=modes_covered"]
+    result = ganlab_train(
+        "-m", *TOY, *longer, *SEARCH, "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+        "hydra.sweeper.n_trials=2", "train.lr=tag(log, interval(1e-7, 1e-2))", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    good, bad = journal_study(sweep).get_trials()
+    assert (good.state, bad.state) == (TrialState.COMPLETE, TrialState.PRUNED)
+    assert yaml.safe_load((jobs_by_trial(sweep)[1] / "metrics.json").read_text())["status"] == "pruned"
+
+
 def test_a_search_in_sqlite_with_the_grid_sampler_runs_each_combination_once(tmp_path):
     database = tmp_path / "study.db"
     result = ganlab_train("-m", *TOY, *SEARCH, "hydra/sweeper/sampler=grid", f"hydra.sweeper.storage=sqlite:///{database}",
