@@ -17,10 +17,11 @@ import torch
 from conftest import compose_config, dataset_overrides
 from omegaconf import OmegaConf
 
+from ganlab.batches import StreamingBatches
 from ganlab.checkpoint import CHECKPOINT, FORMAT_VERSION, PREVIOUS
 from ganlab.cli import sample_command
 from ganlab.config import build
-from ganlab.data import StreamingBatches, make_batches
+from ganlab.data import make_batches
 from ganlab.device import set_rng_state
 from ganlab.errors import CheckpointError, DataError
 from ganlab.train import train

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from PIL import Image
 from torchvision import transforms
 
-from ganlab.data import ImageSource, InMemoryBatches, StreamingBatches, make_batches, reference_transform
+from ganlab.batches import InMemoryBatches, StreamingBatches
+from ganlab.data import ImageSource, make_batches, reference_transform
 from ganlab.errors import ConfigError, DataError
 
 CPU = torch.device("cpu")

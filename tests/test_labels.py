@@ -18,9 +18,10 @@ from conftest import (
     dataset_overrides,
 )
 
+from ganlab.batches import InMemoryBatches, StreamingBatches
 from ganlab.checkpoint import CHECKPOINT, read_checkpoint, restore
 from ganlab.config import build, resolve_image_size
-from ganlab.data import InMemoryBatches, StreamingBatches, make_batches, reference_transform
+from ganlab.data import make_batches, reference_transform
 from ganlab.regularizers import GradientPenalty
 from ganlab.step import build_gan, train_step
 from ganlab.train import train
