@@ -7,8 +7,11 @@ out, so every test goes through the real torchvision loaders. `dataset_overrides
 
 import gzip
 import hashlib
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,6 +178,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def ganlab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m ganlab.train *args` run for real in `cwd`, on one OpenMP thread (the machine is shared)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ganlab.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
 
 
 def wait_for(condition, what: str, timeout: float = 120.0) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from conftest import CONF_DIR, compose_config, dataset_overrides, wait_for
+from conftest import CONF_DIR, compose_config, dataset_overrides, ganlab_train, wait_for
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 
@@ -39,17 +39,6 @@ def hydra_settings(overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True).hydra
-
-
-def ganlab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ganlab.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

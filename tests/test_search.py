@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import CONF_DIR, wait_for
+from conftest import CONF_DIR, ganlab_train, wait_for
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
@@ -31,17 +31,6 @@ TOY = ["dataset=ring8", "model=mlp", "model.hidden=16", "train.steps=60", "train
        "eval.num_samples=64", "eval.during_samples=64", "eval.times=4", "eval.objective=high_quality", "device=cpu",
        "device.threads=1", "log.progress=false"]  # fmt: skip
 SEARCH = ["hydra/sweeper=search", "hydra.sweeper.sampler.seed=0", "hydra.sweep.dir=sweep"]
-
-
-def ganlab_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ganlab.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
 
 
 def hydra_config(overrides: list[str]):
@@ -170,26 +159,6 @@ def test_jobs_of_the_joblib_launcher_report_to_one_study(tmp_path):
         assert job.name == f"lr={lr}"
 
 
-def test_jobs_of_submitits_local_executor_report_to_the_study_and_are_pruned(tmp_path):
-    """Each job in its own submitit process: its reports reach the study in the sweep folder's journal, where the
-    pruner (median, judging from the first completed trial on) stops the trial that learns nothing."""
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    study = optuna.create_study(study_name="ganlab", storage=journal_storage(sweep))
-    study.enqueue_trial({"train.lr": 2e-3})
-    study.enqueue_trial({"train.lr": 1e-7})
-    longer = ["train.steps=1500", "eval.num_samples=256", "eval.during_samples=256", "eval.objective=modes_covered"]
-    result = ganlab_train(
-        "-m", *TOY, *longer, *SEARCH, "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
-        "hydra.sweeper.n_trials=2", "train.lr=tag(log, interval(1e-7, 1e-2))", "hydra/sweeper/pruner=median",
-        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    good, bad = journal_study(sweep).get_trials()
-    assert (good.state, bad.state) == (TrialState.COMPLETE, TrialState.PRUNED)
-    assert yaml.safe_load((jobs_by_trial(sweep)[1] / "metrics.json").read_text())["status"] == "pruned"
-
-
 def test_a_search_in_sqlite_with_the_grid_sampler_runs_each_combination_once(tmp_path):
     database = tmp_path / "study.db"
     result = ganlab_train("-m", *TOY, *SEARCH, "hydra/sweeper/sampler=grid", f"hydra.sweeper.storage=sqlite:///{database}",
@@ -241,8 +210,12 @@ def test_a_jobs_status_decides_how_its_trial_ends(tmp_path, status, returned, en
     assert outcome(job) == ending
 
 
-def test_a_real_sweep_prunes_a_trial_whose_curve_falls_behind(tmp_path):
-    # the trials come from the study's queue, in order: a learning rate that covers modes, then one that learns nothing
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1"]], ids=["basic", "submitit"]
+)
+def test_a_real_sweep_prunes_a_trial_whose_curve_falls_behind(tmp_path, launcher):
+    # the trials come from the study's queue, in order: a learning rate that covers modes, then one that learns nothing;
+    # on submitit's local executor each job is a process of its own, which reports to the journal in the sweep folder
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     study = optuna.create_study(study_name="ganlab", storage=journal_storage(sweep))
@@ -250,7 +223,7 @@ def test_a_real_sweep_prunes_a_trial_whose_curve_falls_behind(tmp_path):
     study.enqueue_trial({"train.lr": 1e-7})
     longer = ["train.steps=1500", "eval.num_samples=256", "eval.during_samples=256", "eval.objective=modes_covered"]
     result = ganlab_train(
-        "-m", *TOY, *longer, *SEARCH, "hydra.sweeper.n_trials=2", "train.lr=tag(log, interval(1e-7, 1e-2))",
+        "-m", *TOY, *longer, *SEARCH, *launcher, "hydra.sweeper.n_trials=2", "train.lr=tag(log, interval(1e-7, 1e-2))",
         "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.sweeper.pruner.n_warmup_steps=0", cwd=tmp_path,
     )  # fmt: skip
