@@ -201,8 +201,9 @@ def session_start(values: dict, run_name: str) -> Summary:
 
 
 def session_end(status: str) -> Summary:
-    """A run's final status in its HPARAMS row: success when it ran as far as asked, failure when it diverged."""
-    status_code = api_pb2.STATUS_FAILURE if status == Status.DIVERGED else api_pb2.STATUS_SUCCESS
+    """A run's final status in its HPARAMS row: success when it ran as far as asked (or stopped early for want of
+    progress), failure when it diverged or a sweep's pruner stopped it, so a filter on success shows the finished."""
+    status_code = api_pb2.STATUS_FAILURE if status in (Status.DIVERGED, Status.PRUNED) else api_pb2.STATUS_SUCCESS
     info = plugin_data_pb2.SessionEndInfo(status=status_code, end_time_secs=time.time())
     return summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info))
 

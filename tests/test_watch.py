@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import compose_config, dataset_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from ganlab.cli import eval_command, sample_command
 from ganlab.errors import ConfigError
@@ -104,7 +105,9 @@ def test_a_pruned_run_ends_cleanly_with_its_checkpoint_and_the_scores_at_that_po
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == 3
     accumulator = EventAccumulator(str(tmp_path / "run"))
     accumulator.Reload()
-    assert "_hparams_/session_end_info" in accumulator.PluginTagToContent("hparams")  # HPARAMS shows its end
+    ended = accumulator.PluginTagToContent("hparams")["_hparams_/session_end_info"]  # HPARAMS shows its end
+    end = plugin_data_pb2.HParamsPluginData.FromString(ended).session_end_info
+    assert end.status == api_pb2.STATUS_FAILURE  # not among the runs that succeeded
     # the same command again: a pruned run is final, skipped
     assert run(tmp_path, data_root, ["train.steps=50"], Pruner(at=99))["step"] == 3
 
