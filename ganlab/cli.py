@@ -142,15 +142,18 @@ def asked_labels(option: str, model, n: int, run_dir: Path) -> torch.Tensor | No
     return torch.full((n,), int(option), dtype=torch.long)
 
 
-def grid_order(labels: torch.Tensor | None, n: int, most: int = GRID_MOST) -> torch.Tensor:
-    """The samples `ganlab-sample`'s PNG shows, in order: for samples of several classes, one row per class (as many
-    of each as every class has, at most `most` in all); else the first `most`."""
+def grid_order(labels: torch.Tensor | None, n: int, most: int = GRID_MOST) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The samples `ganlab-sample`'s PNG shows, in order, and their labels for one row per class (None: a plain grid).
+
+    Samples of several classes: as many of each as every class has, at most `most` in all; else the first `most`.
+    """
     if labels is None or labels.unique().numel() < 2:
-        return torch.arange(min(n, most))
+        return torch.arange(min(n, most)), None
     labels = labels.cpu()
     classes = labels.unique()
     per_class = min(min(int((labels == k).sum()) for k in classes), max(1, most // len(classes)))
-    return torch.cat([torch.nonzero(labels == k).flatten()[:per_class] for k in classes])
+    shown = torch.cat([torch.nonzero(labels == k).flatten()[:per_class] for k in classes])
+    return shown, labels[shown]
 
 
 def sample_command(arguments: list[str]) -> None:
@@ -173,9 +176,8 @@ def sample_command(arguments: list[str]) -> None:
     else:
         arrays["images"] = to_uint8(samples, model.output_range).cpu().numpy()
     np.savez_compressed(out, **arrays)
-    shown = grid_order(labels, n)
-    picture_labels = labels[shown] if labels is not None and labels.unique().numel() > 1 else None
-    save_image(source.picture(samples[shown], model.output_range, picture_labels), out.with_suffix(".png"))
+    shown, shown_labels = grid_order(labels, n)
+    save_image(source.picture(samples[shown], model.output_range, shown_labels), out.with_suffix(".png"))
     shape = arrays.get("images", arrays.get("points")).shape
     printed = {"out": str(out), "grid": str(out.with_suffix(".png")), "shape": list(shape), "weights": weights}
     print(json.dumps(printed | chosen))

@@ -232,8 +232,8 @@ class Progress:
             self.bar.unit = "s" if by_time else "step"
         done = round(seconds) if by_time else step
         self.bar.update(done - self.bar.n)
-        self.bar.set_postfix({"step": step, "D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"} if by_time else
-                             {"D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"})  # fmt: skip
+        losses = {"D": f"{d_loss:.3f}", "G": f"{g_loss:.3f}"}
+        self.bar.set_postfix({"step": step} | losses if by_time else losses)  # counting seconds: say the step too
 
     def close(self) -> None:
         self.bar.close()
