@@ -168,6 +168,9 @@ def training_state(
         "d_opt": gan.d_opt.state_dict(),
         "ema": gan.ema.state_dict() if gan.ema is not None else None,
         "schedulers": [scheduler.state_dict() for scheduler in gan.schedulers],
+        "regularizers": [regularizer.state_dict() for regularizer in gan.regularizers],  # LeCam's averages
+        "augment": gan.augment.state_dict(),  # ADA's p
+        "d_updates": gan.d_updates,  # lazy penalties count D updates
         "fixed_noise": fixed_noise.cpu(),
         "fixed_labels": fixed_labels.cpu() if fixed_labels is not None else None,
         "rng": rng_state(),
@@ -191,6 +194,16 @@ def restore(state: dict, gan: GAN, run_dir: Path, batches) -> tuple[int, float, 
             raise ValueError("the learning-rate schedule differs")
         for scheduler, schedule in zip(gan.schedulers, schedules, strict=True):
             scheduler.load_state_dict(schedule)
+        # none of these before penalties and augmentation existed: their states were all empty
+        regularizers = state.get("regularizers", [{}] * len(gan.regularizers))
+        if len(regularizers) != len(gan.regularizers):
+            raise ValueError("the penalties differ")
+        for regularizer, kept in zip(gan.regularizers, regularizers, strict=True):
+            if kept:
+                regularizer.load_state_dict(kept)
+        if state.get("augment"):
+            gan.augment.load_state_dict(state["augment"])
+        gan.d_updates = state.get("d_updates", 0)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):
         raise CheckpointError(
             f"the checkpoint in {run_dir} was written by a different model or optimiser config: resume "

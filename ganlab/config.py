@@ -1,8 +1,9 @@
 """Typed schema of the top-level config, registered in Hydra's ConfigStore, and the start-up checks on its values.
 
-The swappable parts (`model`, `loss`, `regularizer`, `dataset`) are built with `hydra.utils.instantiate` from
-their `_target_`, and their constructors check their own arguments. The fixed sections below are typed here, so a
-wrong type fails at composition and a wrong range fails in `validate` before anything is built or written.
+The swappable parts (`model`, `loss`, `regularizer`, each `penalty`, `augment`, `dataset`) are built with
+`hydra.utils.instantiate` from their `_target_`, and their constructors check their own arguments. The fixed
+sections below are typed here, so a wrong type fails at composition and a wrong range fails in `validate` before
+anything is built or written.
 """
 
 import difflib
@@ -89,6 +90,8 @@ class Config:
     model: Any = MISSING
     loss: Any = MISSING
     regularizer: Any = MISSING
+    penalty: Any = field(default_factory=dict)  # penalties by name (r1, r2, lecam), each with its _target_
+    augment: Any = MISSING
     dataset: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

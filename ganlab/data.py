@@ -49,6 +49,8 @@ class ImageSource:
 
     name = "images"
     native_size = 64  # the training resolution when dataset.image_size is null and the model can build it
+    is_image = True  # what augmentation can transform (a toy dataset's points are not)
+    flip_keeps_class = True  # a mirrored image shows the same class (not for digits: ganlab.augment drops flip)
 
     def __init__(
         self,
@@ -267,6 +269,7 @@ class MNIST(TorchvisionSource):
     name = "mnist"
     native_size = 28
     num_classes = 10
+    flip_keeps_class = False  # a mirrored 2, 3, 7 or 9 is no digit
     dataset_class = torchvision.datasets.MNIST
 
     def __init__(self, root: str, image_size: int | None = None, channels: int = 1, **options):
@@ -286,6 +289,7 @@ class FashionMNIST(MNIST):
     """Fashion-MNIST, 28x28 grayscale, from `<root>/FashionMNIST/raw/`."""
 
     name = "fashion_mnist"
+    flip_keeps_class = True  # a mirrored shoe is a shoe
     dataset_class = torchvision.datasets.FashionMNIST
 
 

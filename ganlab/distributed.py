@@ -74,6 +74,14 @@ class Runtime:
         for grad, piece in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
             grad.copy_(piece.view_as(grad))
 
+    def average(self, tensor: Tensor) -> Tensor:
+        """The mean of `tensor` over the ranks, on the device (no host sync); `tensor` itself if alone."""
+        if not self.distributed:
+            return tensor
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor / self.world_size
+
     def agree(self, reason: str | None) -> str | None:
         """The stop reason every rank acts on: the strongest any rank has (see STOP_REASONS); `reason` if alone."""
         if not self.distributed:
@@ -168,14 +176,14 @@ def start(device: torch.device, batch_size: int, timeout_minutes: float = 30.0) 
     return Runtime(device, rank, world_size)
 
 
-def synchronise_batch_statistics(model: nn.Module, runtime: Runtime) -> nn.Module:
-    """SyncBatchNorm for BatchNorm layers on CUDA under torchrun; on the CPU each rank keeps its own statistics."""
+def synchronise_batch_statistics(model: nn.Module, runtime: Runtime) -> bool:
+    """Whether BatchNorm statistics become SyncBatchNorm: on CUDA under torchrun; on the CPU each rank keeps its own."""
     batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not runtime.distributed or not batch_norms:
-        return model
+        return False
     if runtime.device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return True
     if runtime.is_writer:
         log.info("BatchNorm statistics are per process on the CPU (%d processes): SyncBatchNorm needs CUDA",
                  runtime.world_size)  # fmt: skip
-    return model
+    return False

@@ -2,11 +2,13 @@
 
 Every loss has the same two methods, so the training loop never knows which one it runs:
 
-    d_loss(real_logits, fake_logits) -> scalar tensor   # minimised by the discriminator
-    g_loss(fake_logits) -> scalar tensor                # minimised by the generator
+    d_loss(real_logits, fake_logits) -> scalar tensor               # minimised by the discriminator
+    g_loss(fake_logits, real_logits=None) -> scalar tensor          # minimised by the generator
 
-Logits have shape (N,) or (N, 1). Penalties such as the gradient penalty live in `ganlab.regularizers` and combine
-with any loss.
+Logits have shape (N,) or (N, 1). A relativistic loss (`relativistic = True`) compares each fake logit with a real
+one, so the generator step gives it D's logits on a real batch too (computed without a graph: G's gradient flows
+through the fake logits alone); the others get None. Penalties such as the gradient penalty live in
+`ganlab.regularizers` and combine with any loss.
 """
 
 import math
@@ -34,7 +36,9 @@ class GANLoss:
     def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def g_loss(self, fake_logits: Tensor) -> Tensor:
+    relativistic = False  # g_loss reads D's logits on real images
+
+    def g_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -44,14 +48,14 @@ class NonSaturating(GANLoss):
     def d_loss(self, real_logits, fake_logits):
         return F.softplus(-_flat(real_logits)).mean() + F.softplus(_flat(fake_logits)).mean()
 
-    def g_loss(self, fake_logits):
+    def g_loss(self, fake_logits, real_logits=None):
         return F.softplus(-_flat(fake_logits)).mean()
 
 
 class Minimax(NonSaturating):
     """The original saturating minimax GAN: the generator minimises log(1 - D(G(z)))."""
 
-    def g_loss(self, fake_logits):
+    def g_loss(self, fake_logits, real_logits=None):
         return -F.softplus(_flat(fake_logits)).mean()
 
 
@@ -61,7 +65,7 @@ class LeastSquares(GANLoss):
     def d_loss(self, real_logits, fake_logits):
         return 0.5 * ((_flat(real_logits) - 1).pow(2).mean() + _flat(fake_logits).pow(2).mean())
 
-    def g_loss(self, fake_logits):
+    def g_loss(self, fake_logits, real_logits=None):
         return 0.5 * (_flat(fake_logits) - 1).pow(2).mean()
 
 
@@ -71,7 +75,7 @@ class Wasserstein(GANLoss):
     def d_loss(self, real_logits, fake_logits):
         return _flat(fake_logits).mean() - _flat(real_logits).mean()
 
-    def g_loss(self, fake_logits):
+    def g_loss(self, fake_logits, real_logits=None):
         return -_flat(fake_logits).mean()
 
 
@@ -81,7 +85,7 @@ class Hinge(GANLoss):
     def d_loss(self, real_logits, fake_logits):
         return F.relu(1 - _flat(real_logits)).mean() + F.relu(1 + _flat(fake_logits)).mean()
 
-    def g_loss(self, fake_logits):
+    def g_loss(self, fake_logits, real_logits=None):
         return -_flat(fake_logits).mean()
 
 
@@ -113,7 +117,7 @@ class FDivergence(GANLoss):
         bound = self.activation(_flat(real_logits)).mean() - self.conjugate(_flat(fake_logits)).mean()
         return -self.scale * bound
 
-    def g_loss(self, fake_logits):
+    def g_loss(self, fake_logits, real_logits=None):
         v = _flat(fake_logits)
         if self.generator_loss == "minimax":
             return -self.scale * self.conjugate(v).mean()
@@ -184,3 +188,21 @@ class JensenShannon(FDivergence):
 
     def conjugate(self, v):
         return F.softplus(v) - math.log(2.0)
+
+
+class RelativisticPairing(GANLoss):
+    """RpGAN (Jolicoeur-Martineau 2019; the loss of R3GAN, Huang et al. 2024): each fake logit is compared with the
+    real logit beside it in the batch. D minimises softplus(D(fake) - D(real)); G minimises softplus(D(real) - D(fake)).
+
+    Pair it with the zero-centred penalties `penalty=[r1,r2]`, as R3GAN does: alone it has no equilibrium guarantee.
+    """
+
+    relativistic = True
+
+    def d_loss(self, real_logits, fake_logits):
+        return F.softplus(_flat(fake_logits) - _flat(real_logits)).mean()
+
+    def g_loss(self, fake_logits, real_logits=None):
+        if real_logits is None:
+            raise ValueError("the relativistic loss compares fake logits with real ones: pass real_logits")
+        return F.softplus(_flat(real_logits) - _flat(fake_logits)).mean()

@@ -23,6 +23,8 @@ class Mixture:
     """
 
     name = "mixture"
+    is_image = False  # points: no augmentation applies
+    flip_keeps_class = False
 
     def __init__(self, centers: Tensor, std: float, channels: int = 2, image_size: int = 1):
         if (channels, image_size) != (2, 1):

@@ -179,7 +179,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
     seed_everything(cfg.seed)  # the same on every rank: they draw the same global batches and keep their slices
 
     source = build(cfg.dataset, "dataset")
-    gan = build_gan(cfg, device, source.num_classes, runtime)
+    gan = build_gan(cfg, device, source.num_classes, runtime, source)
     model = gan.model
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size, cfg.seed)
     fixed_noise, fixed_labels = model.grid_latent(cfg.log.num_samples, device)

@@ -74,6 +74,15 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+def critic_step(critic, real, fake, real_labels=None, fake_labels=None, index: int = 0):
+    """The `DiscriminatorStep` a penalty reads, for a stand-alone critic `critic(x, y) -> logits`."""
+    from ganlab.distributed import Runtime
+    from ganlab.regularizers import DiscriminatorStep
+
+    return DiscriminatorStep(real, fake, real_labels, fake_labels, critic(real, real_labels), critic(fake, fake_labels),
+                             critic, index, Runtime(torch.device("cpu")))  # fmt: skip
+
+
 def fixture_train_images(kind: str) -> np.ndarray:
     """The uint8 (N, C, H, W) train images the fixture writes for `kind` (mnist, fashion_mnist or cifar10)."""
     rng = np.random.default_rng(_SEEDS[kind])

@@ -39,7 +39,7 @@ def test_joint_discriminator_forward_equals_separate_forwards():
     for gan in (joint, separate):
         fake, stats = discriminator_step(gan, real, None, z, None, keep_graph=True)
         d_grads = [p.grad.clone() for p in gan.model.discriminator.parameters()]
-        stats |= generator_step(gan, fake, None)
+        stats |= generator_step(gan, fake, None, real, None)
         g_grads = [p.grad.clone() for p in gan.model.generator.parameters()]
         gradients[gan.joint] = (stats, d_grads, g_grads)
     (joint_stats, *joint_grads), (separate_stats, *separate_grads) = gradients[True], gradients[False]

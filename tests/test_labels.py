@@ -15,6 +15,7 @@ from conftest import (
     TOY_KINDS,
     TRAIN_COUNTS,
     compose_config,
+    critic_step,
     dataset_overrides,
 )
 
@@ -22,6 +23,7 @@ from ganlab.batches import InMemoryBatches, StreamingBatches
 from ganlab.checkpoint import CHECKPOINT, read_checkpoint, restore
 from ganlab.config import build, resolve_image_size
 from ganlab.data import make_batches, reference_transform
+from ganlab.models.conditional import Discriminator
 from ganlab.regularizers import GradientPenalty
 from ganlab.step import build_gan, train_step
 from ganlab.train import train
@@ -177,21 +179,17 @@ def test_a_model_with_classes_gets_labels_from_the_sampler():
     assert model.sample_latent(4, CPU, labels=torch.tensor([2, 2, 1, 0]))[1].tolist() == [2, 2, 1, 0]
 
 
-class Recorded:
-    """A network that records the (input, labels) of each call, then runs the real one."""
-
-    def __init__(self, network):
-        self.network, self.calls = network, []
-
-    def __call__(self, x, y=None):
-        self.calls.append((x.detach().clone(), y))
-        return self.network(x, y)
+def recorded(network: torch.nn.Module) -> list:
+    """The (input, labels) of each call of `network` from now on, as a list that fills."""
+    calls = []
+    network.register_forward_hook(lambda module, args, output: calls.append((args[0].detach().clone(), args[1])))
+    return calls
 
 
 class RecordedPenalty(GradientPenalty):
-    def penalty(self, discriminator, real, fake, y=None, runtime=None):
-        self.labels = y
-        return super().penalty(discriminator, real, fake, y, runtime)
+    def penalty(self, step):
+        self.labels = step.real_labels
+        return super().penalty(step)
 
 
 def test_the_step_passes_real_and_fake_labels_to_g_d_and_the_penalty(data_root):
@@ -202,21 +200,21 @@ def test_the_step_passes_real_and_fake_labels_to_g_d_and_the_penalty(data_root):
     gan = build_gan(cfg, CPU)
     assert gan.joint
     gan.model.num_classes = 10
-    gan.generator, gan.discriminator = Recorded(gan.model.generator), Recorded(gan.model.discriminator)
-    gan.regularizer = RecordedPenalty()
+    generator_calls, discriminator_calls = recorded(gan.generator), recorded(gan.discriminator)
+    penalty = gan.regularizers[0] = RecordedPenalty()
     source = build(cfg.dataset, "dataset")
     batches = make_batches(source, CPU, gan.model.output_range, 8)
     train_step(gan, batches, 8, d_steps=1)
-    ((_, fake_labels),) = gan.generator.calls
-    (joint_images, joint_labels), (_, g_step_labels) = gan.discriminator.calls
+    ((_, fake_labels),) = generator_calls
+    (joint_images, joint_labels), (_, g_step_labels) = discriminator_calls  # the penalty's forward is not a call
     real_images, real_labels = joint_images[:8], joint_labels[:8]
     assert fake_labels.shape == (8,) and torch.equal(joint_labels[8:], fake_labels)
     assert torch.equal(g_step_labels, fake_labels)
-    assert torch.equal(gan.regularizer.labels, real_labels)
+    assert torch.equal(penalty.labels, real_labels)
     assert_labels_fit("mnist", image_index(source), real_images, real_labels)
 
 
-class ClassWeights(torch.nn.Module):
+class ClassWeights(Discriminator):
     """A conditional critic D(x, y) = <w_y, x>: its gradient in x is w_y, whose norm the penalty sees."""
 
     def __init__(self):
@@ -226,16 +224,12 @@ class ClassWeights(torch.nn.Module):
     def forward(self, x, y):
         return (self.weight[y] * x.flatten(1)).sum(dim=1)
 
-    def split_outputs(self, outputs, labels):
-        """Its outputs are the logits, with no extra loss terms (the discriminator interface)."""
-        return outputs, {}
-
 
 def test_the_gradient_penalty_takes_the_gradient_with_the_labels_held_fixed():
     torch.manual_seed(0)
     critic, real, fake = ClassWeights(), torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
     y = torch.tensor([0, 1, 2, 2, 1])
-    penalty = GradientPenalty(weight=10.0).penalty(critic, real, fake, y)["gradient_penalty"]
+    penalty = GradientPenalty(weight=10.0).penalty(critic_step(critic, real, fake, y, y))["gradient_penalty"]
     expected = 10.0 * (critic.weight[y].norm(dim=1) - 1).pow(2).mean()
     torch.testing.assert_close(penalty, expected)
     penalty.backward()  # differentiable in D's weights, as the training step needs

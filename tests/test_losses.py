@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -172,7 +173,7 @@ def test_loss_interface(name, shape):
     fake = torch.randn(shape, generator=generator).requires_grad_()
 
     d_loss = loss.d_loss(real, fake)
-    g_loss = loss.g_loss(fake)
+    g_loss = loss.g_loss(fake, real.detach())  # the real logits only a relativistic loss reads
     for value in (d_loss, g_loss):
         assert value.dim() == 0 and torch.isfinite(value)
 
@@ -184,7 +185,7 @@ def test_loss_interface(name, shape):
     # (N, 1) logits give the same losses as (N,): no broadcasting of (N, 1) against (N,) into an (N, N) matrix
     flat_real, flat_fake = real.detach().reshape(-1), fake.detach().reshape(-1)
     assert_close(d_loss.detach(), loss.d_loss(flat_real, flat_fake))
-    assert_close(g_loss.detach(), loss.g_loss(flat_fake))
+    assert_close(g_loss.detach(), loss.g_loss(flat_fake, flat_real))
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -208,7 +209,7 @@ def test_huge_logits_give_finite_losses_and_gradients(name, magnitude):
             real = torch.full((8,), real_sign * magnitude, requires_grad=True)
             fake = torch.full((8,), fake_sign * magnitude, requires_grad=True)
             d_loss = loss.d_loss(real, fake)
-            g_loss = loss.g_loss(fake)
+            g_loss = loss.g_loss(fake, real.detach())
             grads = torch.autograd.grad(d_loss, (real, fake)) + torch.autograd.grad(g_loss, fake)
             case = f"loss={name}, real={real_sign * magnitude:g}, fake={fake_sign * magnitude:g}"
             assert torch.isfinite(d_loss), f"{case}: d_loss={d_loss}"
@@ -309,8 +310,22 @@ def _check_hinge(loss):
     assert_close(loss.g_loss(fake), -fake.mean())
 
 
+def _check_rpgan(loss):
+    """RpGAN pairs the batches: softplus(fake - real) per pair, so a real logit lifted by 2 buys exactly what a fake
+    one lowered by 2 does, and G's loss is D's with the pair reversed."""
+    real, fake = torch.tensor([3.0, -1.0, 0.5]), torch.tensor([1.0, 2.0, 0.5])
+    assert_close(loss.d_loss(real, fake), F.softplus(fake - real).mean())
+    assert_close(loss.d_loss(real + 2, fake), loss.d_loss(real, fake - 2))
+    assert_close(loss.g_loss(fake, real), loss.d_loss(fake, real))
+    assert_close(loss.d_loss(torch.zeros(4), torch.zeros(4)), torch.tensor(math.log(2.0)))
+    assert not torch.equal(loss.d_loss(real, fake), loss.d_loss(real, fake.flip(0)))  # paired, not averaged apart
+    with pytest.raises(ValueError, match="real_logits"):
+        loss.g_loss(fake)
+
+
 KNOWN_VALUES = {
     "bce": _check_bce,
+    "rpgan": _check_rpgan,
     "minimax": _check_minimax,
     "lsgan": _check_lsgan,
     "wgan": _check_wasserstein,

@@ -149,9 +149,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root, 
     calls = {"n": 0}
     original = losses.LeastSquares.g_loss
 
-    def g_loss_turning_nan(self, fake_logits):
+    def g_loss_turning_nan(self, fake_logits, real_logits=None):
         calls["n"] += 1
-        value = original(self, fake_logits)
+        value = original(self, fake_logits, real_logits)
         return value * float("nan") if calls["n"] > 4 else value
 
     monkeypatch.setattr(losses.LeastSquares, "g_loss", g_loss_turning_nan)

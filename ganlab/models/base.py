@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ganlab.errors import ConfigError
-from ganlab.models.conditional import D_CONDITIONS, ClassifierDiscriminator, Network
+from ganlab.models.conditional import D_CONDITIONS, Discriminator, SequentialDiscriminator
 
 # The generator's output activation fixes the range of the data it learns; the data pipeline reads it from here.
 OUTPUT_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
@@ -34,7 +34,9 @@ class GANModel(nn.Module):
     conditional: condition G and D on the class (needs num_classes >= 2); false = both ignore y.
     d_condition: how a conditional D takes the class, `projection` or `acgan` (ganlab.models.conditional).
     class_weight: AC-GAN's weight of the class cross-entropy in both players' losses.
-    spectral_norm: spectrally normalise every layer of D (`step.build_model` applies it, after construction).
+    spectral_norm: spectrally normalise every layer of D (`prepare` applies it, after the model's own init).
+    `prepare` applies the options that depend on where the model runs: spectral norm, the device and channels_last
+    memory for convolutional models, SyncBatchNorm under torchrun on CUDA. Then the shapes are checked.
     """
 
     image_sizes: tuple[int, ...] | None = None  # the image sizes the architecture can build; None = any
@@ -77,15 +79,36 @@ class GANModel(nn.Module):
         self.output = output
         self.image_shape = (channels, image_size, image_size)
         self.generator: nn.Module
-        self.discriminator: nn.Module
+        self.discriminator: Discriminator
 
-    def make_discriminator(self, features: list[nn.Module], head: list[nn.Module], width: int) -> nn.Module:
+    def make_discriminator(self, features: list[nn.Module], head: list[nn.Module], width: int) -> Discriminator:
         """D from its feature layers phi (ending in `width` channels or units) and its logit head psi: one plain
-        `Network` if unconditional, else phi and psi joined by the label as `d_condition` says."""
+        sequence if unconditional, else phi and psi joined by the label as `d_condition` says."""
         if self.num_classes == 0:
-            return Network(*features, *head)
-        extra = {"class_weight": self.class_weight} if D_CONDITIONS[self.d_condition] is ClassifierDiscriminator else {}
-        return D_CONDITIONS[self.d_condition](Network(*features), Network(*head), self.num_classes, width, **extra)
+            return SequentialDiscriminator(*features, *head)
+        return D_CONDITIONS[self.d_condition](
+            SequentialDiscriminator(*features), SequentialDiscriminator(*head), self.num_classes, width,
+            class_weight=self.class_weight,
+        )  # fmt: skip
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the model runs in channels_last memory format: convolutional models do (faster kernels)."""
+        return any(isinstance(m, nn.Conv2d) for m in self.modules())
+
+    def prepare(self, device: torch.device, sync_batch_norm: bool = False) -> "GANModel":
+        """Apply the model's options, move it to `device` and check its shapes; returns the model itself.
+
+        sync_batch_norm: make BatchNorm layers SyncBatchNorm (one run across CUDA processes). Called once, after
+        construction (spectral norm must follow the model's own weight init) and before a state dict is loaded.
+        """
+        if self.spectral_norm:
+            spectral_norm_layers(self.discriminator)
+        self.to(device, memory_format=torch.channels_last) if self.channels_last else self.to(device)
+        if sync_batch_norm:  # replaces the BatchNorm layers inside the model, which stays this object
+            nn.SyncBatchNorm.convert_sync_batchnorm(self)
+        self.check_shapes()
+        return self
 
     def balanced_labels(self, n: int, device: torch.device | str) -> Tensor | None:
         """0, 1, ..., K-1, 0, 1, ...: n labels with every class equally often (to within one); None if unconditional."""
@@ -144,11 +167,6 @@ class GANModel(nn.Module):
             if logits.numel() != 2:
                 raise ConfigError(f"model's discriminator gives {logits.numel() // 2} outputs per image, not 1.")
         self.train(was_training)
-
-
-def has_batch_statistics(module: nn.Module) -> bool:
-    """True if a layer normalises across the batch, so real and fake must not share one forward pass."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def spectral_norm_layers(module: nn.Module) -> None:

@@ -9,9 +9,10 @@ So conditioning lives inside the models' blocks, as in StudioGAN's cBN generator
 - `ClassifierDiscriminator` (AC-GAN, Odena et al. 2017): the usual logit, and a class head whose cross-entropy on
   the asked labels joins both players' losses.
 
-A discriminator's output is read with `split_outputs(outputs, labels)`: the adversarial logits, and any loss terms
-the model adds (AC-GAN's class loss). Losses and regularisers see only the logits, so every loss and penalty
-composes with every model.
+Every discriminator is a `Discriminator`: called as `D(x, y)`, with its output read by `split_outputs(outputs,
+labels)` into the adversarial logits and any loss terms the model adds (AC-GAN's class loss). Losses, penalties and
+augmentation see only the logits, so each composes with every model. Every conditional D is built from the same
+keywords (`D_CONDITIONS`), whichever it uses.
 """
 
 import torch
@@ -35,9 +36,27 @@ class Network(nn.Sequential):
             input = layer(input, y) if isinstance(layer, TakesLabel) else layer(input)
         return input
 
+
+class Discriminator(nn.Module):
+    """What the training step, the losses and the penalties read of a discriminator.
+
+    `D(x, y)` gives its raw outputs for images x with labels y (None if it ignores them); `split_outputs(outputs,
+    labels)` gives the adversarial logits, shape (N,), and the loss terms the model adds, named (none by default).
+    A term is added to D's loss on real and fake images and to G's on fake ones, with the labels given.
+    """
+
     def split_outputs(self, outputs: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        """As a discriminator: the adversarial logits, and no extra loss terms."""
+        """The adversarial logits, and no extra loss terms."""
         return outputs, {}
+
+    @property
+    def has_batch_statistics(self) -> bool:
+        """True if a layer normalises across the batch, so real and fake must not share one forward pass."""
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+
+class SequentialDiscriminator(Network, Discriminator):
+    """An unconditional D: its layers in sequence, ignoring y (the state dict keeps `nn.Sequential`'s keys)."""
 
 
 def _needs(y: Tensor | None, block: str) -> Tensor:
@@ -85,7 +104,7 @@ def pooled(features: Tensor) -> Tensor:
     return features.flatten(2).sum(2) if features.dim() == 4 else features
 
 
-class ProjectionDiscriminator(nn.Module):
+class ProjectionDiscriminator(Discriminator):
     """logit = head(phi(x)) + <embed(y), pool(phi(x))>, with phi = `features` of `width` channels.
 
     The embedding starts at N(0, 1/sqrt(width)): at PyTorch's N(0, 1) the projection term swamps the rest, and the
@@ -93,8 +112,8 @@ class ProjectionDiscriminator(nn.Module):
     normalises it too.
     """
 
-    def __init__(self, features: nn.Module, head: nn.Module, num_classes: int, width: int):
-        super().__init__()
+    def __init__(self, features: nn.Module, head: nn.Module, num_classes: int, width: int, class_weight: float):
+        super().__init__()  # class_weight: AC-GAN's, which a projection has no use for
         self.features, self.head = features, head
         self.embed = nn.Embedding(num_classes, width)
         nn.init.normal_(self.embed.weight, 0.0, width**-0.5)
@@ -104,12 +123,8 @@ class ProjectionDiscriminator(nn.Module):
         projection = (self.embed(_needs(y, "the projection discriminator")) * pooled(phi)).sum(1)
         return self.head(phi).reshape(-1) + projection
 
-    def split_outputs(self, outputs: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The adversarial logits, and no extra loss terms."""
-        return outputs, {}
 
-
-class ClassifierDiscriminator(nn.Module):
+class ClassifierDiscriminator(Discriminator):
     """AC-GAN: outputs (N, 1 + classes), the adversarial logit, then the class logits of a linear head on phi(x).
 
     The class head does not see y; `split_outputs` turns its logits into `class_weight` x cross-entropy against
@@ -132,4 +147,5 @@ class ClassifierDiscriminator(nn.Module):
         return outputs[:, 0], {"class": self.class_weight * class_loss}
 
 
+# a conditional D's class, each built as D(features, head, num_classes, width, class_weight)
 D_CONDITIONS = {"projection": ProjectionDiscriminator, "acgan": ClassifierDiscriminator}
