@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from torchvision.utils import make_grid
 
@@ -45,6 +45,8 @@ class ImageSource:
     in_memory: `auto` keeps the decoded uint8 images on the training device when they fit `memory_limit_mb`;
     true or false force the in-memory or the streaming path. workers: DataLoader workers of the streaming path.
     feature_net: the shipped classifier (ganlab/feature_nets) that scores samples of this dataset; None = no FID.
+    limit: train on this many images of the train split, as equal a share of each class as it has (a class short of
+    its share gives the rest to the others), chosen by the run's seed; None = all. Evaluation uses the whole test split.
     """
 
     name = "images"
@@ -62,6 +64,7 @@ class ImageSource:
         memory_limit_mb: float = 4096,
         workers: int = 2,
         feature_net: str | None = None,
+        limit: int | None = None,
     ):
         image_size = self.native_size if image_size is None else image_size
         if image_size < 1:
@@ -80,6 +83,9 @@ class ImageSource:
         self.memory_limit_mb = memory_limit_mb
         self.workers = workers
         self.feature_net = feature_net
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"dataset.limit={limit} is not allowed: use a number of images >= 1, or null for all.")
+        self.limit = limit
         self.train = True  # which split `open` reads; `test_split` makes the evaluation copy
 
     def open(self, transform) -> Dataset:
@@ -163,6 +169,11 @@ class ImageSource:
         seed: the run's seed, from which the streaming path draws the order of each epoch.
         """
         dataset = self.checked_open(reference_transform(self, value_range))
+        labels = self.labels(dataset)
+        chosen = self.chosen(len(dataset), labels, seed)
+        if chosen is not None:
+            dataset, labels = Subset(dataset, chosen.tolist()), None if labels is None else labels[chosen]
+            log.info("dataset.limit=%d: training on %d of the images", self.limit, len(dataset))
         size_mb = len(dataset) * self.channels * self.image_size**2 / 2**20
         keep = self.in_memory is True or (self.in_memory == "auto" and size_mb <= self.memory_limit_mb)
         if not keep:
@@ -175,11 +186,35 @@ class ImageSource:
                 "data path: streaming DataLoader (%d images, %.0f MB decoded, %d workers)",
                 len(dataset), size_mb, self.workers,
             )  # fmt: skip
-            labelled = self.labels(dataset) is not None
-            return StreamingBatches(dataset, device, batch_size, self.workers, seed, labelled)
-        images = self.decode_uint8()
+            return StreamingBatches(dataset, device, batch_size, self.workers, seed, labels is not None)
+        images = self.decode_uint8() if chosen is None else self.decode_uint8()[chosen]
         log.info("data path: in memory on %s (%d images, %.0f MB as uint8)", device, len(images), size_mb)
-        return InMemoryBatches(images, device, value_range, self.labels(dataset))
+        return InMemoryBatches(images, device, value_range, labels)
+
+    def chosen(self, size: int, labels: Tensor | None, seed: int) -> Tensor | None:
+        """The indices of the `limit` images to train on, sorted, or None for all: per class an equal share (the
+        remainder to classes drawn at random, a short class's unused share to the others), drawn with `seed`."""
+        if self.limit is None:
+            return None
+        if self.limit > size:
+            raise ConfigError(
+                f"dataset.limit={self.limit} is more than the {size} images of dataset {self.name} under "
+                f"{self.root}: use at most {size}, or null for all."
+            )
+        generator = torch.Generator().manual_seed(seed)
+        if labels is None:
+            return torch.randperm(size, generator=generator)[: self.limit].sort().values
+        classes = [torch.nonzero(labels == c).flatten() for c in labels.unique()]
+        classes = [members[torch.randperm(len(members), generator=generator)] for members in classes]
+        shares = [0] * len(classes)
+        left = self.limit
+        while left:  # deal one image at a time to the classes that still have some, in a seeded order
+            open_classes = [c for c in range(len(classes)) if shares[c] < len(classes[c])]
+            order = torch.randperm(len(open_classes), generator=generator).tolist()
+            for c in [open_classes[i] for i in order][:left]:
+                shares[c] += 1
+                left -= 1
+        return torch.cat([members[:share] for members, share in zip(classes, shares, strict=True)]).sort().values
 
     def test_split(self) -> "ImageSource | None":
         """The same dataset's held-out split, which metrics compare samples with; None if it has none."""
