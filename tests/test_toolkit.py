@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRAIN_COUNTS, compose_config, critic_step, dataset_overrides
+from conftest import SHARED_DATA, TRAIN_COUNTS, compose_config, critic_step, dataset_overrides
 from test_checkpoint import assert_same_training_state
 from test_train import QUICK, TINY, run
 
@@ -16,10 +16,11 @@ from ganlab.augment import AdaptiveAugment, DiffAugment, cutout, translation
 from ganlab.config import build, resolve_image_size
 from ganlab.distributed import Runtime
 from ganlab.errors import ConfigError
-from ganlab.models.conditional import Discriminator
+from ganlab.models.conditional import ConditionalBatchNorm, Discriminator
 from ganlab.regularizers import R1, R2, LeCam
 from ganlab.step import build_gan
 from ganlab.sweep import command_folder
+from ganlab.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PENALTIES = sorted(p.stem for p in (CONF / "penalty").glob("*.yaml"))
@@ -235,3 +236,30 @@ def test_the_limit_and_the_penalties_name_the_run_folder():
         ["ganlab-train", "dataset.limit=100", "penalty=[r1,lecam]", "augment=ada", "dataset.root=elsewhere"]
     )
     assert "dataset.limit=100" in name and "r1" in name and "augment=ada" in name and "elsewhere" not in name
+
+
+def test_the_resnet_is_miyatos_with_its_widths():
+    """SNGAN's CIFAR-10 ResNet: about 4.3M parameters in G and 1.1M in D (mimicry lists 4.3M and 1.0M), 32 px."""
+    cfg = compose_config(["experiment=cgan_pd_resnet_cifar10"])
+    model = build(cfg.model, "model", channels=3, image_size=32, num_classes=10).prepare(CPU)
+    g_parameters = sum(p.numel() for p in model.generator.parameters())
+    d_parameters = sum(p.numel() for p in model.discriminator.parameters())
+    assert 4.2e6 < g_parameters < 4.4e6 and 1.0e6 < d_parameters < 1.1e6
+    assert sum(isinstance(m, ConditionalBatchNorm) for m in model.generator.modules()) == 6  # 2 per block
+    assert type(model.discriminator).__name__ == "ProjectionDiscriminator"
+    assert all(hasattr(m, "parametrizations") for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("preset", ["sngan_resnet_cifar10", "cgan_pd_resnet_cifar10"])
+def test_the_resnet_presets_train_on_the_real_cifar10_subset(tmp_path, preset):
+    """A few steps of each ResNet preset, as it is, on real CIFAR-10 pixels (the shared subset, as a folder)."""
+    subset = SHARED_DATA / "cifar10-subset"
+    if not (subset / "train").is_dir():
+        pytest.skip(f"the real CIFAR-10 subset is not in {subset} (train/<class>/*.png)")
+    overrides = [f"experiment={preset}", "dataset=folder", f"dataset.root={subset / 'train'}",
+                 f"dataset.test_root={subset / 'test'}", "train.steps=2", "train.d_steps=2", "train.batch_size=16",
+                 *QUICK[3:], "log.num_samples=10", "eval.enabled=false", "dataset.in_memory=false",
+                 "dataset.workers=0"]  # fmt: skip
+    summary = train(compose_config(overrides), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["step"] == 2
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
