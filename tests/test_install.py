@@ -66,3 +66,11 @@ def test_a_users_own_config_group_joins_through_the_searchpath(installed, tmp_pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "hidden: 24" in result.stdout
+
+
+@pytest.mark.parametrize("group", sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name != "hydra"))
+def test_the_readme_names_every_option_of_every_group(group):
+    """The README is the manual: an option added to conf/ without a word there fails here."""
+    readme = (REPO / "README.md").read_text()
+    missing = [p.stem for p in (REPO / "conf" / group).glob("*.yaml") if f"`{p.stem}`" not in readme]
+    assert not missing, f"README.md does not name {group} options {missing}"
