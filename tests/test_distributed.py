@@ -77,8 +77,10 @@ def assert_close_runs(a: Path, b: Path, exact: bool = False) -> None:
             "model.spectral_norm=true",
             "loss=hinge",
         ],  # fmt: skip
+        # R1 and R2 (double backwards), LeCam's averages of the global batch, the relativistic G step
+        ["model.hidden=64", "loss=rpgan", "penalty=[r1,r2,lecam]", "penalty.r1.every=2", "train.d_steps=2"],
     ],
-    ids=["best_mlp_mnist", "wgan-gp", "conditional"],
+    ids=["best_mlp_mnist", "wgan-gp", "conditional", "penalties"],
 )
 def test_two_ranks_train_what_one_process_trains_with_the_same_global_batch(tmp_path, data_root, case):
     overrides = [*case, *dataset_overrides("mnist", data_root), *QUICK, "train.steps=30", "train.batch_size=32"]
