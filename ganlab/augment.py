@@ -81,6 +81,8 @@ class Augment:
     D update (ADA's feedback) and returns statistics to log; `state_dict` is what the checkpoint keeps.
     """
 
+    kind = "none"  # the `augment=` option, for messages
+
     def prepare(self, image_shape: tuple[int, ...], value_range: tuple[float, float], flip_keeps_class: bool,
                 is_image: bool) -> None:  # fmt: skip
         """Check the operations against the data, once the model and dataset are known."""
@@ -105,6 +107,8 @@ class DiffAugment(Augment):
     shift as a share of the size (1/8 in the paper); cutout: the side of the cut square as a share (1/2).
     """
 
+    kind = "diffaugment"
+
     def __init__(self, policy: list[str], translation: float = 0.125, cutout: float = 0.5):
         policy = list(policy)
         unknown = [name for name in policy if name not in OPERATIONS]
@@ -119,10 +123,6 @@ class DiffAugment(Augment):
             )
         self.policy, self.translation, self.cutout = policy, translation, cutout
         self.low, self.high = -1.0, 1.0
-
-    @property
-    def kind(self) -> str:
-        return "diffaugment" if type(self) is DiffAugment else "ada"
 
     def prepare(self, image_shape, value_range, flip_keeps_class, is_image):
         if not is_image:
@@ -171,6 +171,8 @@ class AdaptiveAugment(DiffAugment):
     towards more augmentation if r_t > target, less if below (so p can go from 0 to 1 in `kimg` thousand images).
     p starts at `p` and stays in [0, 1]. p, r_t and the partial sums are device tensors (no sync per step).
     """
+
+    kind = "ada"
 
     def __init__(self, policy: list[str], translation: float = 0.125, cutout: float = 0.5, target: float = 0.6,
                  interval: int = 4, kimg: float = 100.0, p: float = 0.0):  # fmt: skip

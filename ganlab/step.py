@@ -116,9 +116,9 @@ def build_gan(cfg: DictConfig, device: torch.device, num_classes: int = 0, runti
     augment = build(cfg.augment, "augment")
     if source is not None:
         augment.prepare(model.image_shape, model.output_range, source.flip_keeps_class, source.is_image)
-    if type(augment) is not Augment and not model.channels_last:
+    if augment.kind != "none" and not model.channels_last:
         log.warning("augment=%s is for convolutional discriminators: it made an MLP's samples worse in "
-                    "docs/results.md", cfg.augment._target_.rsplit(".", 1)[-1])  # fmt: skip
+                    "docs/results.md", augment.kind)  # fmt: skip
     ema = None
     if cfg.train.ema_decay > 0:  # AveragedModel copies G; use_buffers averages BatchNorm statistics too
         average = ema_average(cfg.train.ema_decay, cfg.train.ema_rampup)

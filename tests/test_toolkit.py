@@ -263,3 +263,12 @@ def test_the_resnet_presets_train_on_the_real_cifar10_subset(tmp_path, preset):
     summary = train(compose_config(overrides), tmp_path / "run")
     assert summary["status"] == "completed" and summary["step"] == 2
     assert (tmp_path / "run" / "samples" / "step_0000002.png").exists()
+
+
+def test_augmenting_an_mlp_discriminator_warns(data_root, caplog):
+    """An MLP has no translation equivariance: augmentation made its samples worse (docs/results.md)."""
+    cfg = compose_config(QUICK + TINY["mlp"] + dataset_overrides("mnist", data_root) + ["augment=diffaugment"])
+    resolve_image_size(cfg)
+    source = build(cfg.dataset, "dataset")
+    build_gan(cfg, CPU, source.num_classes, source=source)
+    assert "augment=diffaugment is for convolutional discriminators" in caplog.text
