@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_loops  # noqa: E402
 
 import ganlab.train  # noqa: E402,F401  (registers the config schema)
-from ganlab.config import build  # noqa: E402
+from ganlab.config import build, resolve_image_size, validate  # noqa: E402
 from ganlab.data import make_batches  # noqa: E402
 from ganlab.device import resolve_device, seed_everything  # noqa: E402
 from ganlab.step import build_gan, train_step  # noqa: E402
@@ -91,8 +91,12 @@ def gan_step_flops(
 
 
 def compose_preset(preset: str, root: str, device: str) -> object:
+    """The preset's config as `ganlab-train` resolves it: validated, and a null `dataset.image_size` filled in."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={preset}", f"dataset.root={root}", f"device={device}"])
+        cfg = compose("config", overrides=[f"experiment={preset}", f"dataset.root={root}", f"device={device}"])
+    validate(cfg)
+    resolve_image_size(cfg)
+    return cfg
 
 
 def measure(step, steps: int, device: torch.device) -> float:
@@ -114,12 +118,13 @@ def peak_memory_mb(device: torch.device) -> float:
 def bench_case(name: str, args, device: torch.device, peak: float) -> list[dict]:
     preset, reference_class = CASES[name]
     cfg = compose_preset(preset, args.data_root, args.device)
-    seed_everything(0)
-    gan = build_gan(cfg, device)
-    batches = make_batches(build(cfg.dataset, "dataset"), device, gan.model.output_range, cfg.train.batch_size)
+    seed_everything(cfg.seed)
+    source = build(cfg.dataset, "dataset")
+    gan = build_gan(cfg, device, source.num_classes, source=source)
+    batches = make_batches(source, device, gan.model.output_range, cfg.train.batch_size, cfg.seed)
     batch, d_steps = cfg.train.batch_size, cfg.train.d_steps
 
-    steps = args.conv_steps if gan.channels_last else args.steps
+    steps = args.conv_steps if gan.model.channels_last else args.steps
 
     def ganlab_step():
         train_step(gan, batches, batch, d_steps)
@@ -193,12 +198,15 @@ def bench_data(args, device: torch.device) -> list[dict]:
 
 
 def mlp_run_peak_rss_mb(args) -> float:
-    """Peak RSS of a real `ganlab-train` MNIST MLP run, in a child process."""
-    command = [
-        sys.executable, "-m", "ganlab.train", "experiment=lsgan_mlp_mnist", f"dataset.root={args.data_root}",
-        "train.steps=300", "log.progress=false", f"device={args.device}", f"hydra.run.dir={tempfile.mkdtemp()}",
-    ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    """Peak RSS of a real `ganlab-train` MNIST MLP run, in a child process (in the repository, with its run folder
+    removed afterwards)."""
+    root = Path(args.data_root).absolute()  # the child runs in the repository, not in this folder
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [
+            sys.executable, "-m", "ganlab.train", "experiment=lsgan_mlp_mnist", f"dataset.root={root}",
+            "train.steps=300", "log.progress=false", f"device={args.device}", f"hydra.run.dir={run_dir}",
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, cwd=REPO)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
@@ -233,6 +241,9 @@ def main() -> None:
     cases = args.cases.split(",")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         device = resolve_device(compose("config", overrides=[f"device={args.device}"]).device)
+    # first, while this process has no other child: RUSAGE_CHILDREN keeps the largest child's peak, and the DataLoader
+    # workers that the dcgan and data cases fork count this process's memory as their own
+    rss = mlp_run_peak_rss_mb(args) if "rss" in cases else None
     peak = matmul_peak_gflops(device)
     print(f"device: {device} ({torch.get_num_threads()} torch threads), torch {torch.__version__}")
     print(f"matmul peak (fp32 2048x2048): {peak:,.1f} GFLOP/s\n")
@@ -244,8 +255,7 @@ def main() -> None:
     if "data" in cases:
         print()
         print_table(bench_data(args, device), ["case", "loop", "images/s", "ratio"])
-    if "rss" in cases:
-        rss = mlp_run_peak_rss_mb(args)
+    if rss is not None:
         print(f"\npeak RSS of an MNIST MLP run (ganlab-train experiment=lsgan_mlp_mnist): {rss:,.0f} MB")
 
 

@@ -61,6 +61,7 @@ def ganlab_scores(args, seed: int, preset: str, extra: list[str]) -> dict:
         "train.steps=10000000",
         "log.progress=false",
         "eval.num_samples=10000",
+        "eval.times=0",  # the final score alone: evaluations along the way would be computed and never read
         *extra,
     ]
     summary = ganlab.train.train(compose_run(overrides), tempfile.mkdtemp(prefix=f"{preset}-"))

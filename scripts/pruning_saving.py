@@ -2,11 +2,14 @@
 
     python scripts/pruning_saving.py --space default --data-root ../shared/data
     python scripts/pruning_saving.py --space best_mlp_mnist --data-root ../shared/data --pruners none,median
+    python scripts/pruning_saving.py --trials 2 --out /tmp/pruning train.steps=20 eval.num_samples=4  # a quick check
 
 Each study is `ganlab-train -m hydra/sweeper=search` with the random sampler seeded the same, so every study
 proposes the same trials (checked: the job folders match), on the joblib launcher. It prints, per pruner, the
 steps and training seconds the sweep spent and its wall time, as ratios to the unpruned study (`none`), and the best
-finished trial's objective against the unpruned best. The sweeps land in outputs/pruning/<space>/<pruner>/.
+finished trial's objective against the unpruned best. The sweeps land in <out>/<space>/<pruner>/ (by default
+outputs/pruning/); a study already there is continued, or read back when finished. Extra arguments are ganlab
+overrides for every study, after the space's own (a later value of a key replaces an earlier one).
 """
 
 import argparse
@@ -35,12 +38,12 @@ COMMON = ["eval.times=10", "eval.during_samples=1000", "eval.num_samples=2000", 
           "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]  # fmt: skip
 
 
-def study(space: str, pruner: str, trials: int, data_root: str) -> dict:
-    """Run one study (or continue it: a finished one is read back) and sum up its jobs."""
-    sweep_dir = ROOT / "outputs" / "pruning" / space / pruner
+def study(space: str, pruner: str, trials: int, data_root: str, out: Path, overrides: list[str]) -> dict:
+    """Run one study in `out` (or continue it: a finished one is read back) and sum up its jobs."""
+    sweep_dir = out / space / pruner
     command = [sys.executable, "-m", "ganlab.train", "-m", *SPACES[space], *COMMON,
                f"hydra.sweeper.n_trials={trials}", f"hydra/sweeper/pruner={pruner}", f"dataset.root={data_root}",
-               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+               f"hydra.sweep.dir={sweep_dir}", *overrides]  # fmt: skip
     began = time.monotonic()
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - began
@@ -66,8 +69,10 @@ def main() -> None:
     parser.add_argument("--pruners", default="none,median,hyperband", help="none first: the others are its ratios")
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--data-root", default="../shared/data")
-    arguments = parser.parse_args()
-    results = {pruner: study(arguments.space, pruner, arguments.trials, arguments.data_root)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "pruning", help="folder of the studies")
+    arguments, overrides = parser.parse_known_args()
+    out = arguments.out.absolute()  # the studies run in the repository's root, not in this folder
+    results = {pruner: study(arguments.space, pruner, arguments.trials, arguments.data_root, out, overrides)
                for pruner in arguments.pruners.split(",")}  # fmt: skip
     base = results["none"]
     print(f"| pruner | trials pruned | steps | training s | wall s | best {base['objective']} (minimised) |")
