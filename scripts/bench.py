@@ -2,6 +2,8 @@
 
     python scripts/bench.py --data-root ../shared/data                 # every case, CPU or GPU (device=auto)
     python scripts/bench.py --data-root ../shared/data --cases lsgan --steps 300 --rounds 5
+    python scripts/bench.py --cases variants --base dcgan_mnist dataset.image_size=32 \
+        --variant augment=none --variant augment=diffaugment --variant penalty=r1   # options against each other
 
 For each case, ganlab's real step (`ganlab.step.train_step` on the preset's config, fast data path) and the
 reference loop (`scripts/reference_loops.py`) run alternately in the same process, `--rounds` times each, after a
@@ -12,6 +14,9 @@ FLOPs are counted as 2 x MACs of the forward passes (torch's FlopCounterMode on 
 as 2 x forward. One generator iteration is d_steps x (G + 3 x 2D) + 3D + 2G forward-equivalents per image: each
 D step runs G, then D forward and backward on real and fake; the G step runs D forward and backward through to
 the input, then G backward. The same count is used for ganlab and the reference: it is the recipe's math.
+
+The `variants` case times ganlab's step on the `--base` preset (and overrides) under each `--variant`'s extra
+overrides, alternately in the same way, with each variant's steps/s as a ratio to the first one's.
 """
 
 import argparse
@@ -90,10 +95,11 @@ def gan_step_flops(
     return batch_size * (d_steps * (g + 6 * d) + 3 * d + 2 * g)
 
 
-def compose_preset(preset: str, root: str, device: str) -> object:
+def compose_preset(preset: str, root: str, device: str, overrides: list[str] = ()) -> object:
     """The preset's config as `ganlab-train` resolves it: validated, and a null `dataset.image_size` filled in."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={preset}", f"dataset.root={root}", f"device={device}"])
+        base = [f"experiment={preset}", f"dataset.root={root}", f"device={device}"]
+        cfg = compose("config", overrides=base + list(overrides))
     validate(cfg)
     resolve_image_size(cfg)
     return cfg
@@ -164,6 +170,34 @@ def bench_case(name: str, args, device: torch.device, peak: float) -> list[dict]
         )
     rows[0]["ratio"] = rows[0]["steps/s"] / rows[1]["steps/s"]
     return rows
+
+
+def ganlab_step_of(cfg, device: torch.device):
+    """ganlab's training step on `cfg`, built as training builds it, as a function of no arguments."""
+    seed_everything(cfg.seed)
+    source = build(cfg.dataset, "dataset")
+    gan = build_gan(cfg, device, source.num_classes, source=source)
+    batches = make_batches(source, device, gan.model.output_range, cfg.train.batch_size, cfg.seed)
+    return lambda: train_step(gan, batches, cfg.train.batch_size, cfg.train.d_steps)
+
+
+def bench_variants(args, device: torch.device) -> list[dict]:
+    """ganlab's step on the base config under each variant's overrides, timed alternately; ratios to the first."""
+    preset, *base = args.base
+    steps = {}
+    for variant in args.variant:
+        cfg = compose_preset(preset, args.data_root, args.device, base + variant.split())
+        steps[variant] = ganlab_step_of(cfg, device)
+    seconds: dict[str, list[float]] = {variant: [] for variant in steps}
+    for step in steps.values():
+        measure(step, args.warmup, device)
+    for _ in range(args.rounds):
+        for variant, step in steps.items():
+            seconds[variant].append(measure(step, args.conv_steps, device))
+    rates = {variant: args.conv_steps / statistics.median(times) for variant, times in seconds.items()}
+    first = rates[args.variant[0]]
+    case = " ".join(args.base)
+    return [{"case": case, "loop": variant, "steps/s": rate, "ratio": rate / first} for variant, rate in rates.items()]
 
 
 def bench_data(args, device: torch.device) -> list[dict]:
@@ -237,6 +271,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first, per contender")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per contender")
     parser.add_argument("--data-batches", type=int, default=200, help="batches per round of the data-supply case")
+    parser.add_argument("--base", nargs="+", default=["dcgan_mnist"], help="variants: a preset, then overrides")
+    parser.add_argument("--variant", action="append", default=[], help="variants: overrides (repeat the option)")
     args = parser.parse_args()
     cases = args.cases.split(",")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -252,6 +288,9 @@ def main() -> None:
         rows += bench_case(name, args, device, peak)
     if rows:
         print_table(rows, ["case", "loop", "steps/s", "images/s", "GFLOP/s", "of peak", "peak MB", "ratio"])
+    if "variants" in cases and args.variant:
+        print()
+        print_table(bench_variants(args, device), ["case", "loop", "steps/s", "ratio"])
     if "data" in cases:
         print()
         print_table(bench_data(args, device), ["case", "loop", "images/s", "ratio"])

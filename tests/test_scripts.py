@@ -51,6 +51,9 @@ def check_bench(out: str, folder: Path) -> None:
         ganlab, reference = [row for row in rows if row["case"].startswith(f"{case} (")]
         assert (ganlab["loop"], reference["loop"]) == ("ganlab", "reference")
         assert number(ganlab["steps/s"]) > 0 and number(reference["steps/s"]) > 0 and number(ganlab["ratio"]) > 0
+    variants = [row for row in rows if row["case"] == "dcgan_mnist dataset.image_size=32"]
+    assert [row["loop"] for row in variants] == ["augment=none", "augment=diffaugment penalty=r1"]
+    assert number(variants[0]["ratio"]) == 1.0 and number(variants[1]["steps/s"]) > 0
     supply = [row for row in rows if row["case"].startswith("batch supply")]
     assert [row["loop"] for row in supply] == ["ganlab", "reference"] and number(supply[0]["images/s"]) > 0
 
@@ -143,9 +146,10 @@ class Brief:
 
 BRIEF = {
     # every case but rss (a 300-step training run with evaluations, in a child process)
-    "bench.py": Brief(["{script}", "--data-root", "{data}", "--device", "cpu", "--cases", "lsgan,fgan,dcgan,data",
-                       "--steps", "2", "--conv-steps", "1", "--rounds", "1", "--warmup", "0", "--data-batches", "2"],
-                      check_bench),
+    "bench.py": Brief(["{script}", "--data-root", "{data}", "--device", "cpu", "--cases",
+                       "lsgan,fgan,dcgan,data,variants", "--steps", "2", "--conv-steps", "1", "--rounds", "1",
+                       "--warmup", "0", "--data-batches", "2", "--base", "dcgan_mnist", "dataset.image_size=32",
+                       "--variant", "augment=none", "--variant", "augment=diffaugment penalty=r1"], check_bench),
     # the real torchrun with gloo: 2 processes of 1 thread against 1 process of 2 threads, 2 steps each of the MLP
     # (its DCGAN doubles the time)
     "bench_ddp.py": Brief(["{script}", "--data-root", "{data}", "--processes", "2", "--seconds", "10", "--rounds",
