@@ -172,9 +172,16 @@ def test_the_key_check_knows_nested_groups_global_options_and_leaves_alone_what_
 
 
 def start(command: list[str], cwd: Path) -> subprocess.Popen:
-    """`command` in its own process group, as a terminal runs it: Ctrl-C there signals the whole group."""
+    """`command` in its own process group, as a terminal runs it: Ctrl-C there signals the whole group.
+
+    SIGINT starts at its default, as in a terminal: a suite run in the background (`nohup pytest &`) ignores it,
+    and an ignored SIGINT is inherited by every process started from there, so no Ctrl-C would reach the command.
+    """
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=default_sigint)  # fmt: skip
 
 
 def ctrl_c(process: subprocess.Popen) -> None:
@@ -225,13 +232,14 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, data_root):
 
 
 def test_a_second_ctrl_c_aborts_at_once():
+    before = signal.getsignal(signal.SIGINT)
     with StopSignals(announce=False) as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested == "SIGINT"  # the first: the loop checkpoints and returns
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler runs between bytecodes, before this sleep ends
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # put back as it was
 
 
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
