@@ -39,7 +39,7 @@ def compose_run(overrides: list[str]):
 
 
 def reference_scores(args, seed: int, quality: SampleQuality, images) -> dict:
-    """Train the reference LSGAN loop for the budget, then score 10,000 of its samples."""
+    """Train the reference LSGAN loop for the budget, then score `--samples` of its samples."""
     torch.manual_seed(seed)
     np.random.seed(seed)  # its noise comes from numpy's global RNG
     reference = reference_loops.LSGANReference(images)
@@ -48,7 +48,7 @@ def reference_scores(args, seed: int, quality: SampleQuality, images) -> dict:
         reference.step()
         steps += 1
     with torch.no_grad():
-        samples = reference.G(reference.sample_z(10000, reference.z_dim)).reshape(-1, 1, 28, 28)
+        samples = reference.G(reference.sample_z(args.samples, reference.z_dim)).reshape(-1, 1, 28, 28)
     return {"steps": steps} | quality.compute(to_uint8(samples, (0.0, 1.0)))
 
 
@@ -60,7 +60,7 @@ def ganlab_scores(args, seed: int, preset: str, extra: list[str]) -> dict:
         f"seed={seed}",
         "train.steps=10000000",
         "log.progress=false",
-        "eval.num_samples=10000",
+        f"eval.num_samples={args.samples}",
         "eval.times=0",  # the final score alone: evaluations along the way would be computed and never read
         *extra,
     ]
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--seconds", type=float, default=120.0, help="training budget of each contender")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one round of all three per seed")
+    parser.add_argument("--samples", type=int, default=10000, help="samples scored per generator (FID needs 10,000)")
     args = parser.parse_args()
     cfg = compose_run(["dataset=mnist", f"dataset.root={args.data_root}"])
     source = build(cfg.dataset, "dataset")
@@ -109,7 +110,7 @@ def main() -> None:
         }
         ratio = best_fid(rounds[seed]["best_mlp_mnist"]) / rounds[seed]["LSGAN reference loop"]["fid"]
         print(f"\nseed {seed}: {args.seconds:.0f} s of training each on this CPU ({torch.get_num_threads()} threads), "
-              "10,000 samples vs the MNIST test split\n", flush=True)  # fmt: skip
+              f"{args.samples:,} samples vs the MNIST test split\n", flush=True)  # fmt: skip
         print_table(rounds[seed])
         print(f"\nseed {seed}: best_mlp_mnist / reference FID: {ratio:.3f} (target <= 0.333)", flush=True)
 
