@@ -115,6 +115,17 @@ def measure(step, steps: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def alternate(contenders: dict, steps: int, args, device: torch.device) -> dict[str, float]:
+    """Calls per second of each contender (the median of `args.rounds`), warmed up, then timed in turn each round."""
+    seconds: dict[str, list[float]] = {key: [] for key in contenders}
+    for step in contenders.values():
+        measure(step, args.warmup, device)
+    for _ in range(args.rounds):
+        for key, step in contenders.items():
+            seconds[key].append(measure(step, steps, device))
+    return {key: steps / statistics.median(times) for key, times in seconds.items()}
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -188,13 +199,7 @@ def bench_variants(args, device: torch.device) -> list[dict]:
     for variant in args.variant:
         cfg = compose_preset(preset, args.data_root, args.device, base + variant.split())
         steps[variant] = ganlab_step_of(cfg, device)
-    seconds: dict[str, list[float]] = {variant: [] for variant in steps}
-    for step in steps.values():
-        measure(step, args.warmup, device)
-    for _ in range(args.rounds):
-        for variant, step in steps.items():
-            seconds[variant].append(measure(step, args.conv_steps, device))
-    rates = {variant: args.conv_steps / statistics.median(times) for variant, times in seconds.items()}
+    rates = alternate(steps, args.conv_steps, args, device)
     first = rates[args.variant[0]]
     case = " ".join(args.base)
     return [{"case": case, "loop": variant, "steps/s": rate, "ratio": rate / first} for variant, rate in rates.items()]
@@ -217,15 +222,8 @@ def bench_data(args, device: torch.device) -> list[dict]:
         images.to(device)
 
     contenders = {"ganlab": lambda: batches.next(64), "reference": reference_next}
-    seconds: dict[str, list[float]] = {key: [] for key in contenders}
-    for step in contenders.values():
-        measure(step, args.warmup, device)
-    for _ in range(args.rounds):
-        for key, step in contenders.items():
-            seconds[key].append(measure(step, args.data_batches, device))
     rows = []
-    for key in contenders:
-        per_second = args.data_batches / statistics.median(seconds[key])
+    for key, per_second in alternate(contenders, args.data_batches, args, device).items():
         rows.append({"case": "batch supply (64x64 MNIST, batch 64)", "loop": key, "images/s": per_second * 64})
     rows[0]["ratio"] = rows[0]["images/s"] / rows[1]["images/s"]
     return rows

@@ -177,6 +177,7 @@ def start(command: list[str], cwd: Path) -> subprocess.Popen:
     SIGINT starts at its default, as in a terminal: a suite run in the background (`nohup pytest &`) ignores it,
     and an ignored SIGINT is inherited by every process started from there, so no Ctrl-C would reach the command.
     """
+
     def default_sigint():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
