@@ -70,6 +70,11 @@ class GANModel(nn.Module):
         self.d_condition, self.class_weight, self.spectral_norm = d_condition, class_weight, spectral_norm
         if z_dim < 1:
             raise ConfigError(f"model.z_dim={z_dim} must be >= 1.")
+        if self.image_sizes is not None and image_size not in self.image_sizes:
+            raise ConfigError(
+                f"model={type(self).__name__.lower()} cannot produce {image_size}x{image_size} images "
+                f"(dataset.image_size={image_size}): set dataset.image_size to one of {list(self.image_sizes)}."
+            )
         if noise not in NOISE_KINDS:
             raise ConfigError(f"model.noise={noise!r} is not allowed: use one of {list(NOISE_KINDS)}.")
         if output not in OUTPUT_RANGES:

@@ -65,11 +65,6 @@ class DCGAN(GANModel):
         **conditioning,
     ):
         super().__init__(z_dim, noise, output, channels, image_size, **conditioning)
-        if image_size not in IMAGE_SIZES:
-            raise ConfigError(
-                f"model=dcgan cannot produce {image_size}x{image_size} images (dataset.image_size={image_size}): "
-                f"set dataset.image_size to one of {list(IMAGE_SIZES)}."
-            )
         if d_norm not in D_NORMS:
             raise ConfigError(f"model.d_norm={d_norm!r} is not allowed: use one of {list(D_NORMS)}.")
         if g_width < 1 or d_width < 1:

@@ -23,11 +23,15 @@ from ganlab.models.conditional import ConditionalBatchNorm, Network, TakesLabel
 IMAGE_SIZES = (32,)
 
 
+def _xavier(layer: nn.Module, gain: float = 1.0) -> nn.Module:
+    """`layer` with Xavier-uniform weights of `gain` and zero biases, as mimicry initialises its ResNets."""
+    nn.init.xavier_uniform_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int, gain: float) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2)
-    nn.init.xavier_uniform_(conv.weight, gain)
-    nn.init.zeros_(conv.bias)
-    return conv
+    return _xavier(nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2), gain)
 
 
 class GeneratorBlock(TakesLabel):
@@ -111,16 +115,9 @@ class ResNet(GANModel):
         **conditioning,
     ):
         super().__init__(z_dim, noise, output, channels, image_size, **conditioning)
-        if image_size not in IMAGE_SIZES:
-            raise ConfigError(
-                f"model=resnet builds 32x32 images, not {image_size}x{image_size} (dataset.image_size={image_size}): "
-                f"set dataset.image_size=32."
-            )
         if g_width < 1 or d_width < 1:
             raise ConfigError(f"model.g_width={g_width} and model.d_width={d_width} must both be >= 1.")
-        linear = nn.Linear(z_dim, 4 * 4 * g_width)
-        nn.init.xavier_uniform_(linear.weight, 1.0)
-        nn.init.zeros_(linear.bias)
+        linear = _xavier(nn.Linear(z_dim, 4 * 4 * g_width))
         blocks = [GeneratorBlock(g_width, g_width, self.num_classes) for _ in range(3)]
         self.generator = Network(
             linear, nn.Unflatten(1, (g_width, 4, 4)), *blocks, nn.BatchNorm2d(g_width), nn.ReLU(),
@@ -134,7 +131,5 @@ class ResNet(GANModel):
             nn.ReLU(),
             SumPool(),
         ]
-        head = nn.Linear(d_width, 1)
-        nn.init.xavier_uniform_(head.weight, 1.0)
-        nn.init.zeros_(head.bias)
+        head = _xavier(nn.Linear(d_width, 1))
         self.discriminator = self.make_discriminator(features, [head, nn.Flatten(0)], d_width)
