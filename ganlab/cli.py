@@ -1,8 +1,8 @@
 """`ganlab-sample` and `ganlab-eval`: draw samples from a run, score runs or anyone's images, and calibrate the scores.
 
-    ganlab-sample <run_dir> n=10000 [class=K] out=samples.npz weights=ema [which=best|last]
-    ganlab-eval <run_dir> [n=10000] [which=best|last] [dataset.root=../shared/data]
-    ganlab-eval <samples.npz | .npy | .pt | image folder> [dataset=mnist] [dataset.root=...] [n=all]
+    ganlab-sample <run_dir> n=10000 [class=K] [format=npz|png] out=samples.npz weights=ema [which=best|last]
+    ganlab-eval <run_dir> [n=10000] [which=best|last] [dataset.root=../shared/data] [eval.features=inception]
+    ganlab-eval <samples.npz | .npy | .pt | image folder> [dataset=mnist] [dataset.root=...] [n=all] [eval.*=...]
     ganlab-eval calibrate dataset=mnist [dataset.root=...] [n=5000]
 
 Options are `key=value`, as on the `ganlab-train` command line; the run folder or file is the argument that is
@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 
 from ganlab.checkpoint import load_checkpoint, read_checkpoint
-from ganlab.config import CONF_DIR, DEVICE_TYPES, EvalConfig, build
+from ganlab.config import CONF_DIR, DEVICE_TYPES, FEATURES, REFERENCES, EvalConfig, build
 from ganlab.data import ImageSource, to_uint8
 from ganlab.device import resolve_device
 from ganlab.errors import CheckpointError, ConfigError, DataError
@@ -49,7 +50,7 @@ def parse(arguments: list[str], defaults: dict[str, str], usage: str) -> tuple[s
     options, targets = dict(defaults), []
     for position, argument in enumerate(arguments):
         key, equals, value = argument.partition("=")
-        if equals and (key in defaults or key.startswith("dataset.")) and not Path(argument).exists():
+        if equals and (key in defaults or key.startswith(("dataset.", "eval."))) and not Path(argument).exists():
             options[key] = value
         elif targets and Path(argument).exists():
             raise ConfigError(f"{targets[0]} and {argument} are two runs or files: pass one (usage: {usage}).")
@@ -157,30 +158,67 @@ def grid_order(labels: torch.Tensor | None, n: int, most: int = GRID_MOST) -> tu
 
 
 def sample_command(arguments: list[str]) -> None:
-    usage = ("ganlab-sample <run_dir> [n=10000] [class=K] [out=samples.npz] [weights=ema|raw] [which=best|last] "
-             "[seed=0] [device=auto]")  # fmt: skip
-    target, options = parse(arguments, {"n": "10000", "class": "", "out": "samples.npz", "weights": "", "which": "",
-                                        "seed": "0", "device": "auto"}, usage)  # fmt: skip
+    usage = ("ganlab-sample <run_dir> [n=10000] [class=K] [format=npz|png] [out=samples.npz|samples] [weights=ema|raw] "
+             "[which=best|last] [seed=0] [device=auto]")  # fmt: skip
+    target, options = parse(arguments, {"n": "10000", "class": "", "format": "npz", "out": "", "weights": "",
+                                        "which": "", "seed": "0", "device": "auto"}, usage)  # fmt: skip
+    if options["format"] not in SAMPLE_FORMATS:
+        raise ConfigError(f"format={options['format']} is not allowed: use one of {list(SAMPLE_FORMATS)}.")
+    out = Path(options["out"] or SAMPLE_FORMATS[options["format"]])
     cfg, model, ema, chosen = load_run(Path(target), options["device"], options["which"])
     n = int(options["n"])
     labels = asked_labels(options["class"], model, n, Path(target))
     weights = options["weights"] or ("ema" if ema is not None else "raw")
-    samples, labels = generate(pick_generator(model, ema, weights), model, n, int(options["seed"]), labels)
     source = build(cfg.dataset, "dataset")
-    out = Path(options["out"])
-    arrays = {"config": np.array(json.dumps(OmegaConf.to_container(cfg))), "weights": np.array(weights)}
-    # the class each sample was asked for; -1 where none was (an unconditional run)
-    arrays["labels"] = (labels.cpu() if labels is not None else torch.full((n,), -1)).numpy()
-    if hasattr(source, "mode_metrics"):
-        arrays["points"] = source.from_range(samples.cpu(), model.output_range).numpy()
-    else:
-        arrays["images"] = to_uint8(samples, model.output_range).cpu().numpy()
-    np.savez_compressed(out, **arrays)
-    shown, shown_labels = grid_order(labels, n)
-    save_image(source.picture(samples[shown], model.output_range, shown_labels), out.with_suffix(".png"))
-    shape = arrays.get("images", arrays.get("points")).shape
-    printed = {"out": str(out), "grid": str(out.with_suffix(".png")), "shape": list(shape), "weights": weights}
+    if options["format"] == "png" and not isinstance(source, ImageSource):
+        raise ConfigError(f"format=png writes images, and dataset {source.name} is 2-D points: use format=npz.")
+    samples, labels = generate(pick_generator(model, ema, weights), model, n, int(options["seed"]), labels)
+    labels = labels.cpu() if labels is not None else torch.full((n,), -1)  # -1: no class asked (unconditional)
+    try:
+        if options["format"] == "png":
+            shape = write_png_folder(out, to_uint8(samples, model.output_range).cpu())
+        else:
+            shape = write_npz(out, cfg, weights, source, samples, model.output_range, labels)
+        grid = out.with_suffix(".png")
+        shown, shown_labels = grid_order(None if (labels == -1).all() else labels, n)
+        save_image(source.picture(samples[shown], model.output_range, shown_labels), grid)
+    except OSError as error:
+        raise ConfigError(f"cannot write out={out} ({error.strerror or error}): pass a writable path.") from None
+    printed = {"out": str(out), "grid": str(grid), "shape": list(shape), "weights": weights}
     print(json.dumps(printed | chosen))
+
+
+# ganlab-sample's formats and the default `out` of each
+SAMPLE_FORMATS = {"npz": "samples.npz", "png": "samples"}
+
+
+def write_npz(out: Path, cfg, weights: str, source, samples: torch.Tensor, value_range, labels: torch.Tensor) -> tuple:
+    """The .npz of samples: `images` (uint8 NCHW) or `points`, `labels`, `config`, `weights`; for images also
+    `arr_0` (uint8 NHWC) and `arr_1` (the labels), the layout other evaluators read (guided-diffusion's). Its shape."""
+    arrays = {"config": np.array(json.dumps(OmegaConf.to_container(cfg))), "weights": np.array(weights)}
+    arrays["labels"] = labels.numpy()
+    if isinstance(source, ImageSource):
+        arrays["images"] = to_uint8(samples, value_range).cpu().numpy()
+        arrays["arr_0"] = arrays["images"].transpose(0, 2, 3, 1)
+        arrays["arr_1"] = arrays["labels"]
+    else:
+        arrays["points"] = source.from_range(samples.cpu(), value_range).numpy()
+    np.savez_compressed(out, **arrays)
+    return arrays.get("images", arrays.get("points")).shape
+
+
+def write_png_folder(out: Path, images: torch.Tensor) -> tuple:
+    """One PNG per uint8 image (N, C, H, W) in the new folder `out`, named 000000.png... in sample order. Its shape.
+
+    A folder that already holds files is refused: scoring it would mix in images of another draw.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"out={out} already exists and is not an empty folder: pass a new folder for format=png.")
+    out.mkdir(parents=True, exist_ok=True)
+    digits = max(6, len(str(len(images) - 1)))
+    for index, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).squeeze(2).numpy()).save(out / f"{index:0{digits}d}.png")
+    return tuple(images.shape)
 
 
 def dataset_config(name: str, overrides: list[str]) -> DictConfig:
@@ -196,20 +234,40 @@ def dotlist_without_prefix(overrides: list[str]) -> DictConfig:
     return OmegaConf.from_dotlist([override.removeprefix("dataset.") for override in overrides])
 
 
-def image_quality(source, device: torch.device):
-    """The SampleQuality (FID, precision, recall, ...) of an image dataset, built on its test split."""
+SCORING_KEYS = ("features", "reference", "inception_weights", "stats_dir")  # the eval.* keys ganlab-eval takes
+
+
+def scoring_config(base, overrides: list[str]) -> DictConfig:
+    """The `eval` config that scores: `base` (a run's, or the defaults) with the `eval.*` overrides, checked."""
+    scoring = OmegaConf.merge(OmegaConf.structured(EvalConfig), base or {})
+    for override in overrides:
+        key, _, value = override.removeprefix("eval.").partition("=")
+        if key not in SCORING_KEYS:
+            raise ConfigError(f"eval.{key} is not an option of ganlab-eval: use eval.{', eval.'.join(SCORING_KEYS)}.")
+        scoring[key] = None if value in ("", "null") else value
+    for key, allowed in (("features", FEATURES), ("reference", REFERENCES)):
+        if scoring[key] not in allowed:
+            raise ConfigError(f"eval.{key}={scoring[key]} is not allowed: it must be one of {list(allowed)}.")
+    return scoring
+
+
+def image_scores(source, device: torch.device, scoring: DictConfig):
+    """The scores (`ImageScores`: FID, precision, recall, ...) of an image dataset's images in [0, 1]."""
     if not isinstance(source, ImageSource):
         raise ConfigError(f"dataset {source.name} is a set of 2-D points, not images: name an image dataset.")
-    evaluator = source.evaluator(device, (0.0, 1.0))
+    evaluator = source.evaluator(device, (0.0, 1.0), scoring)
     if evaluator is None:
         raise ConfigError(
-            f"dataset {source.name} names no feature net or test split (dataset.feature_net, dataset.test_root), "
-            f"so its images cannot be scored: set them, or use mnist, fashion_mnist or cifar10."
+            f"dataset {source.name} names no feature net or {scoring.reference} split (dataset.feature_net, "
+            f"dataset.test_root), so its images cannot be scored: set them, use eval.features=inception, or use "
+            f"mnist, fashion_mnist or cifar10."
         )
-    return evaluator.quality
+    return evaluator
 
 
-def scores_of_file(path: Path, options: dict[str, str], overrides: list[str], device: torch.device) -> dict:
+def scores_of_file(
+    path: Path, options: dict[str, str], overrides: list[str], scoring: list[str], device: torch.device
+) -> dict:
     """Metrics of a file or folder of images (or of a `ganlab-sample` file of points) against its dataset.
 
     A file with `labels` (the classes its images were asked for) is also scored on them: accuracy, accuracy_min
@@ -229,10 +287,11 @@ def scores_of_file(path: Path, options: dict[str, str], overrides: list[str], de
     if samples.key == "points":
         return scores_of_points(path, samples, source, count, device)
     images = to_uint8_images(samples.array, f"{path}{f' ({samples.key})' if samples.key else ''}")[:count]
-    quality = image_quality(source, device)
-    labels = file_labels(path, samples, count, quality.reference_classes, f"dataset {source.name}'s test split")
+    evaluator = image_scores(source, device, scoring_config(None, scoring))
+    quality = evaluator.quality
+    labels = file_labels(path, samples, count, quality.reference_classes, f"dataset {source.name}'s reference")
     warn_if_few(len(images))
-    return quality.compute(images, labels)
+    return quality.compute(images, labels) | {"protocol": evaluator.protocol(len(images))}
 
 
 def file_labels(path: Path, samples, count: int | None, classes, whose: str) -> torch.Tensor | None:
@@ -266,10 +325,11 @@ def scores_of_points(path: Path, samples, source, count: int | None, device: tor
     points = source.to_range(torch.as_tensor(samples.array)[:count], value_range)
     labels = file_labels(path, samples, count, range(source.num_classes), f"dataset {source.name}")
     warn_if_few(len(points))
-    return evaluator(points.to(device), None if labels is None else labels.to(device))
+    scores = evaluator(points.to(device), None if labels is None else labels.to(device))
+    return scores | {"protocol": evaluator.protocol(len(points))}
 
 
-def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) -> dict:
+def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str], scoring: list[str]) -> dict:
     """Metrics of a run's generators (raw, and EMA as `<name>_ema`), and the checkpoint they come from (`load_run`)."""
     if options["dataset"]:
         raise ConfigError(
@@ -280,13 +340,14 @@ def scores_of_run(run_dir: Path, options: dict[str, str], overrides: list[str]) 
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     source = build(cfg.dataset, "dataset")
     device = next(model.parameters()).device
-    evaluator = source.evaluator(device, model.output_range)
+    evaluator = source.evaluator(device, model.output_range, scoring_config(cfg.eval, scoring))
     if evaluator is None:
         return chosen
     named_generators = [("", model.generator)] + ([("_ema", ema)] if ema is not None else [])
     count = int(options["n"] or EVAL_SAMPLES)
     warn_if_few(count, cfg.eval.num_samples)
-    return evaluate(named_generators, model, evaluator, count, int(options["seed"])) | chosen
+    scores = evaluate(named_generators, model, evaluator, count, int(options["seed"]))
+    return scores | chosen | {"protocol": evaluator.protocol(count)}
 
 
 def warn_if_few(count: int, final: int = EVAL_SAMPLES) -> None:
@@ -308,7 +369,7 @@ def calibrate_command(options: dict[str, str], overrides: list[str], device: tor
     if not options["dataset"]:
         raise ConfigError("ganlab-eval calibrate needs the dataset: add dataset=NAME (for example dataset=mnist).")
     source = build(dataset_config(options["dataset"], overrides), "dataset")
-    quality = image_quality(source, device)
+    quality = image_scores(source, device, scoring_config({"features": "net", "reference": "test"}, [])).quality
     images = source.decode_uint8()
     labels = getattr(source.checked_open(None), "targets", None)
     if labels is None:
@@ -320,15 +381,17 @@ def calibrate_command(options: dict[str, str], overrides: list[str], device: tor
 
 def eval_command(arguments: list[str]) -> None:
     usage = ("ganlab-eval <run_dir | .npz | .npy | .pt | image folder | calibrate> [dataset=NAME] [n=...] [seed=0] "
-             "[which=best|last] [device=auto] [dataset.root=...]")  # fmt: skip
+             "[which=best|last] [device=auto] [dataset.root=...] [eval.features=inception|net] "
+             "[eval.reference=train|test] [eval.inception_weights=PATH] [eval.stats_dir=DIR]")  # fmt: skip
     target, options = parse(arguments, {"n": "", "seed": "0", "device": "auto", "dataset": "", "which": ""}, usage)
     overrides = [f"{key}={value}" for key, value in options.items() if key.startswith("dataset.")]
+    scoring = [f"{key}={value}" for key, value in options.items() if key.startswith("eval.")]
     path = Path(target)
     if (path / CONFIG).exists():
-        print(json.dumps(scores_of_run(path, options, overrides), sort_keys=True))
+        print(json.dumps(scores_of_run(path, options, overrides, scoring), sort_keys=True))
         return
     device = resolve_device(OmegaConf.create({"type": options["device"], "threads": None}))
     if target == "calibrate":
         print(calibrate_command(options, overrides, device))
     else:
-        print(json.dumps(scores_of_file(path, options, overrides, device), sort_keys=True))
+        print(json.dumps(scores_of_file(path, options, overrides, scoring, device), sort_keys=True))

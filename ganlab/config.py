@@ -75,6 +75,10 @@ class EvalConfig:
     num_samples: int = 10000  # samples of the final evaluation, per generator (raw and EMA)
     during_samples: int = 2000  # samples of the evaluations before the final one (at most num_samples)
     objective: str = "fid"  # final metric a job returns to a sweeper, minimised (higher-is-better ones negated)
+    features: str = "auto"  # inception (torch-fidelity), net (the dataset's small net); auto = inception on cifar10
+    reference: str = "auto"  # the split samples are compared with: train, test; auto = train for inception, else test
+    inception_weights: str | None = None  # torch-fidelity's InceptionV3 weights file; None = download once (torch.hub)
+    stats_dir: str | None = None  # where Inception reference statistics are cached; None = <dataset.root>/fid_stats
 
 
 @dataclass
@@ -106,6 +110,8 @@ def register_configs() -> None:
 
 
 PRECISIONS = ("fp32", "bf16")
+FEATURES = ("auto", "net", "inception")
+REFERENCES = ("auto", "train", "test")
 LR_SCHEDULES = ("constant", "linear")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
 
@@ -148,6 +154,8 @@ RULES = [
     ("eval.times", _non_negative_int, "an integer >= 0"),
     ("eval.num_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
     ("eval.during_samples", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    ("eval.features", lambda v: v in FEATURES, f"one of {list(FEATURES)}"),
+    ("eval.reference", lambda v: v in REFERENCES, f"one of {list(REFERENCES)}"),
     ("device.type", lambda v: v in DEVICE_TYPES, f"one of {list(DEVICE_TYPES)}"),
     ("device.precision", lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
     ("device.threads", lambda v: v is None or _positive_int(v), "null or an integer >= 1"),

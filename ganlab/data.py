@@ -15,6 +15,7 @@ Both paths produce exactly what the torchvision transform Resize -> CenterCrop -
 """
 
 import copy
+import hashlib
 import itertools
 import logging
 import math
@@ -32,7 +33,9 @@ from torchvision import transforms
 from torchvision.utils import make_grid
 
 from ganlab.batches import InMemoryBatches, StreamingBatches, worker_context
+from ganlab.config import EvalConfig
 from ganlab.errors import ConfigError, DataError
+from ganlab.runfolder import protocol
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class ImageSource:
     """
 
     name = "images"
+    default_features = "net"  # what eval.features=auto scores with: the dataset's small net (ganlab.features)
     native_size = 64  # the training resolution when dataset.image_size is null and the model can build it
     is_image = True  # what augmentation can transform (a toy dataset's points are not)
     flip_keeps_class = True  # a mirrored image shows the same class (not for digits: ganlab.augment drops flip)
@@ -222,23 +226,72 @@ class ImageSource:
         test.train = False
         return test
 
-    def evaluator(self, device: torch.device, value_range: tuple[float, float]):
-        """Scores samples against the test split with this dataset's feature net, or None when it has none.
+    def split(self, name: str) -> "ImageSource | None":
+        """The whole split `name` (train or test) that metrics compare samples with, without `limit`; None if absent."""
+        if name == "test":
+            return self.test_split()
+        whole = copy.copy(self)
+        whole.train, whole.limit = True, None
+        return whole
 
-        The test split's labels go with its images, so samples of a class-conditional model are also scored on
-        whether they show the class asked for (accuracy, intra-FID; see `ganlab.metrics`).
+    def stats_path(self, stats_dir: str | None, split: str, extractor: str) -> Path:
+        """Where the Inception statistics of this split are cached (`ganlab.inception`), named by what they depend on.
+
+        stats_dir: eval.stats_dir; None = `fid_stats/` beside the dataset's files, or ganlab's folder in the user's
+        cache when that one cannot be written (a read-only shared copy of the data).
         """
-        test = self.test_split()
-        if self.feature_net is None or test is None:
-            log.info("no sample-quality metrics for dataset %s: it names no feature net or test split", self.name)
+        colours = "gray" if self.channels == 1 else "rgb"
+        name = f"{self.stats_name}-{split}-{self.image_size}px-{colours}-{extractor.replace('/', '-')}.npz"
+        if stats_dir is not None:
+            return Path(os.path.expanduser(stats_dir)).absolute() / name
+        beside = self.stats_home / "fid_stats"
+        existing = next(folder for folder in (beside, *beside.parents) if folder.exists())
+        if os.access(existing, os.W_OK):
+            return beside / name
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganlab" / "fid_stats"
+        log.info("%s is read-only: caching reference statistics in %s", existing, cache)
+        return cache / f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:8]}-{name}"
+
+    @property
+    def stats_name(self) -> str:
+        """The dataset in a statistics file's name."""
+        return self.name
+
+    @property
+    def stats_home(self) -> Path:
+        """The folder beside whose files the statistics are cached: the dataset's root."""
+        return self.root
+
+    def evaluator(self, device: torch.device, value_range: tuple[float, float], scoring=None):
+        """Scores samples against a real split with Inception or this dataset's small net, or None when it has neither.
+
+        scoring: the run's `eval` config (features, reference, inception_weights, stats_dir); None = their defaults.
+        With the small net, the split's labels go with its images, so samples of a class-conditional model are also
+        scored on whether they show the class asked for (accuracy, intra-FID; see `ganlab.metrics`).
+        """
+        scoring = scoring or EvalConfig()
+        features = self.default_features if scoring.features == "auto" else scoring.features
+        split = scoring.reference if scoring.reference != "auto" else ("train" if features == "inception" else "test")
+        reference = self.split(split)
+        if reference is None or (features == "net" and self.feature_net is None):
+            log.info("no sample-quality metrics for dataset %s: it names no feature net or %s split", self.name, split)
             return None
-        from ganlab.features import load_feature_net
+        if features == "inception":
+            from ganlab.inception import Inception, InceptionQuality, cached_reference
+
+            inception = Inception.load(scoring.inception_weights, device)
+            path = reference.stats_path(scoring.stats_dir, split, inception.name)
+            count = len(reference.checked_open(None))
+            stats = cached_reference(path, count, reference.decode_uint8, inception)
+            return ImageScores(InceptionQuality(inception, stats), value_range, inception.name, f"{self.name} {split}")
+        from ganlab.features import load_feature_net, read_manifest
         from ganlab.metrics import SampleQuality  # torchmetrics loads only when metrics are asked for
 
-        images = test.decode_uint8().to(device)
-        labels = test.labels(test.checked_open(None))
+        images = reference.decode_uint8().to(device)
+        labels = reference.labels(reference.checked_open(None))
         quality = SampleQuality(load_feature_net(self.feature_net), images, reference_labels=labels)
-        return ImageScores(quality, value_range)
+        checksum = read_manifest()[self.feature_net]["sha256"][:8]
+        return ImageScores(quality, value_range, f"net:{self.feature_net}/{checksum}", f"{self.name} {split}")
 
     def picture(self, images: Tensor, value_range: tuple[float, float], labels: Tensor | None = None) -> Tensor:
         """A (3, H, W) grid of `images` for TensorBoard and PNG files, about square (64 images: 8 x 8); with the
@@ -254,10 +307,19 @@ def to_uint8(samples: Tensor, value_range: tuple[float, float]) -> Tensor:
 
 
 class ImageScores:
-    """Sample-quality metrics of generator output: FID, KID and the classifier metrics (ganlab.metrics)."""
+    """Sample-quality metrics of generator output (`ganlab.metrics` or `ganlab.inception`), and their protocol.
 
-    def __init__(self, quality, value_range: tuple[float, float]):
+    features: the extractor and its checksum (`inception-v3-compat/6726825d`, `net:mnist/1a2b3c4d`); reference: the
+    dataset and split compared with (`cifar10 train`).
+    """
+
+    def __init__(self, quality, value_range: tuple[float, float], features: str, reference: str):
         self.quality, self.value_range = quality, value_range
+        self.features, self.reference = features, reference
+
+    def protocol(self, samples: int) -> dict:
+        """What a score of `samples` images depends on besides the images: it is comparable only with the same."""
+        return protocol(self.features, samples, self.reference, self.quality.num_reference)
 
     def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         """The scores of `samples`; with `labels`, the classes they were asked for, also accuracy, accuracy_min and
@@ -332,6 +394,7 @@ class CIFAR10(TorchvisionSource):
     """CIFAR-10, 32x32 RGB, from the python pickle batches in `<root>/cifar-10-batches-py/`."""
 
     name = "cifar10"
+    default_features = "inception"  # what CIFAR-10 papers report: InceptionV3 FID against the train split
     native_size = 32
     num_classes = 10
     dataset_class = torchvision.datasets.CIFAR10
@@ -384,6 +447,15 @@ class ImageFolder(ImageSource):
 
     def expected_files(self):
         return [self.root / "<class>" / "<image>.png"]
+
+    @property
+    def stats_name(self) -> str:
+        """`folder-<name of root>`: the statistics sit beside the folder, not in it (a subfolder would be a class)."""
+        return f"folder-{self.root.name}"
+
+    @property
+    def stats_home(self) -> Path:
+        return self.root.parent
 
 
 def reference_transform(source: ImageSource, value_range: tuple[float, float]) -> transforms.Compose:

@@ -1,10 +1,11 @@
 """Sets of images from anyone's files, for `ganlab-eval FILE`: what is in the file, and uint8 images from it.
 
-Accepted files: `.npz` (the key `images`, or its only array), `.npy`, `.pt` (a tensor, or a dict with `images`),
-or a folder of PNG/JPEG files (searched recursively). Accepted values: uint8 (0-255), or float in [0, 1] or
-[-1, 1]; accepted layouts: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3. An .npz or a .pt dict may hold
-`labels` beside the images: the class each image was asked for, N integers (-1 = none), which `ganlab-sample`
-always writes; with them, the images of a class-conditional generator are scored on their classes too.
+Accepted files: `.npz` (the key `images`, or `arr_0` with `arr_1` as labels, or its only array), `.npy`, `.pt` (a
+tensor, or a dict with `images`), or a folder of PNG/JPEG files (searched recursively). Accepted values: uint8
+(0-255), or float in [0, 1] or [-1, 1]; accepted layouts: (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3.
+An .npz or a .pt dict may hold `labels` beside the images: the class each image was asked for, N integers (-1 =
+none), which `ganlab-sample` always writes; with them, the images of a class-conditional generator are scored on
+their classes too.
 
 The value range is read from the dtype and the values, never assumed from where the file came from: uint8 is
 0-255; float whose values all lie in [0, 1] is [0, 1], float with negative values down to -1 is [-1, 1]. So a
@@ -76,6 +77,8 @@ def read_npz(path: Path) -> SampleFile:
     candidates = [key for key in arrays if key not in METADATA_KEYS]
     if "images" in arrays or "points" in arrays:
         key = "images" if "images" in arrays else "points"
+    elif "arr_0" in arrays and set(candidates) <= {"arr_0", "arr_1"}:
+        key = "arr_0"  # numpy.savez(path, images, labels): the layout guided-diffusion's evaluator reads
     elif len(candidates) == 1:
         key = candidates[0]
     else:
@@ -84,7 +87,8 @@ def read_npz(path: Path) -> SampleFile:
             f"{path} holds {found}: save the images as its only array, or under the key images "
             f"(numpy.savez(path, images=...))."
         )
-    return SampleFile(arrays[key], key, config, _labels(path, arrays.get("labels"), arrays[key]))
+    labels = arrays.get("labels", arrays.get("arr_1") if key == "arr_0" else None)
+    return SampleFile(arrays[key], key, config, _labels(path, labels, arrays[key]))
 
 
 def _config(path: Path, entry: np.ndarray | None) -> dict | None:

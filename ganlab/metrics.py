@@ -29,15 +29,13 @@ whether it gives the class asked for, in the same embedding pass (the reference 
   runs with the same number of images per class. Classes with fewer than 2 generated or 2 reference images are
   left out (nan when none is left).
 
-Inception-V3 FID, the number papers report, is `inception_fid`; it needs torch-fidelity and its weights, and
-returns None (with one log line) where they cannot be had. `real_floor` gives the real-vs-real score.
+Inception-V3 FID, the number papers report, is `ganlab.inception` (eval.features=inception). `real_floor` gives the
+real-vs-real score.
 """
 
-import importlib.util
 import logging
 import math
 import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -53,8 +51,6 @@ COVERAGE_SHARE = 0.01  # a class counts as covered when it holds at least this s
 # every score is computed in one process (rank 0 of a run across processes): torchmetrics must not wait for the
 # other ranks to gather their (absent) samples, which it would do whenever a process group exists
 IN_THIS_PROCESS = {"sync_on_compute": False}
-# torch-fidelity's Inception-V3 weights, as torch.hub caches them (what FrechetInceptionDistance(feature=2048) loads)
-INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
 class SampleQuality:
@@ -247,33 +243,3 @@ def real_floor(
     """
     order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
     return SampleQuality(net, test_images, seed=seed).compute(train_images[order[:num_train]])
-
-
-def inception_fid(
-    real: Tensor, generated: Tensor, weights_path: Path | str | None = None, batch_size: int = 100
-) -> float | None:
-    """Standard Inception-V3 FID (torchmetrics, torch-fidelity's weights) of uint8 images, or None where impossible.
-
-    It needs the torch-fidelity package and its weights file: `weights_path`, or by default the copy torch.hub
-    caches (`<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth`). It never downloads, so it
-    cannot hang offline: without either it logs one line saying why and returns None. Gray images are repeated to
-    RGB; torchmetrics resizes to 299x299.
-    """
-    path = Path(weights_path or Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS)
-    if importlib.util.find_spec("torch_fidelity") is None:
-        log.warning("Inception FID skipped: the torch-fidelity package is not installed (pip install torch-fidelity).")
-        return None
-    if not path.is_file():
-        log.warning("Inception FID skipped: its weights are not at %s (download them there once, online).", path)
-        return None
-    try:
-        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path), **IN_THIS_PROCESS)
-        metric = metric.to(real.device)
-        with torch.no_grad():
-            for images, is_real in ((real, True), (generated, False)):
-                for batch in images.split(batch_size):
-                    metric.update(batch.to(real.device).expand(-1, 3, -1, -1), real=is_real)
-            return float(metric.compute())
-    except Exception as error:  # any failure of an optional extra must not stop a run
-        log.warning("Inception FID skipped: it failed with %s: %s", type(error).__name__, " ".join(str(error).split()))
-        return None

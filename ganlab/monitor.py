@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ganlab import checkpoint, hparams
 from ganlab.hparams import RunRecord
-from ganlab.runfolder import CONFIG, FINAL, RAN_TO_ITS_END, write_summary
+from ganlab.runfolder import CONFIG, FINAL, RAN_TO_ITS_END, protocol_label, write_summary
 from ganlab.sweep import stop_sweep, sweep_stopped
 
 log = logging.getLogger("ganlab")
@@ -61,8 +61,10 @@ class Monitor:
     of every sample grid, its config, checkpoints and metrics.json. Rank 0 of a distributed run holds it; the other
     ranks hold its silent twin, `Silent`."""
 
-    def __init__(self, run_dir: Path, start_step: int = 0):
+    def __init__(self, run_dir: Path, start_step: int = 0, protocol: dict | None = None):
         self.run_dir = run_dir
+        # HPARAMS' `protocol` column: what the final scores were measured with (runfolder.protocol); {} = no scores
+        self.protocol = {"protocol": protocol_label(protocol)} if protocol else {}
         self.samples_dir = run_dir / "samples"
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         # purge_step drops events a previous process wrote after the checkpoint this run resumes from
@@ -90,7 +92,7 @@ class Monitor:
         yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.writer.add_text("config", "\n".join("    " + line for line in yaml.splitlines()), 0)
         self.writer.add_custom_scalars(scalar_layout(cfg.eval.objective))
-        row = hparams.session_start(hparams.hparam_values(cfg, record), self.run_dir.name)
+        row = hparams.session_start(hparams.hparam_values(cfg, record) | self.protocol, self.run_dir.name)
         self.writer._get_file_writer().add_summary(row)
         self.writer.flush()  # a resumed run does not write these again: a kill in its first minutes must not lose them
 
@@ -113,7 +115,7 @@ class Monitor:
         file_writer.add_summary(hparams.session_end(status))
         if status not in RAN_TO_ITS_END:  # a pruned or diverged run may lack some metrics: another job names them
             return
-        values = hparams.hparam_values(cfg, record)
+        values = hparams.hparam_values(cfg, record) | self.protocol
         experiment = hparams.experiment_summary(cfg, record, values, hparams.metric_tags(tags, cfg.eval.objective))
         if record.sweep_dir is None or hparams.claim_sweep_summary(record.sweep_dir, self.run_dir):
             file_writer.add_summary(experiment)

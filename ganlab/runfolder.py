@@ -51,7 +51,7 @@ FINAL = RAN_TO_ITS_END + (Status.PRUNED, Status.DIVERGED)
 # metrics where higher is better (with or without the `_ema` suffix); every other one (fid, kid_mean, kl_uniform)
 # is a distance or a spread, lower is better
 HIGHER_IS_BETTER = ("precision", "recall", "density", "prdc_coverage", "coverage", "confidence", "modes_covered",
-                    "high_quality", "accuracy", "accuracy_min")  # fmt: skip
+                    "high_quality", "accuracy", "accuracy_min", "is_mean")  # fmt: skip
 
 
 def higher_is_better(metric: str) -> bool:
@@ -72,6 +72,24 @@ def objective(summary: dict, name: str) -> float:
     if summary.get("status") not in RAN_TO_ITS_END:
         return math.inf
     return minimised(name, summary.get("metrics", {}).get(name))
+
+
+def protocol(features: str, samples: int, reference: str, reference_size: int) -> dict:
+    """What a score depends on besides the images (metrics.json's `protocol`): scores compare only under the same one.
+
+    features: the extractor and its checksum (`inception-v3-compat/6726825d`, `net:mnist/1a2b3c4d`); samples: how
+    many generated images were scored; reference: the real data they were compared with (`cifar10 train`) and its
+    number of images.
+    """
+    return {"features": features, "samples": samples, "reference": reference, "reference_size": reference_size}
+
+
+def protocol_label(protocol: dict | None) -> str:
+    """One line for a protocol: `inception-v3-compat/6726825d, 10000 samples vs cifar10 train (50000)`."""
+    if not protocol:
+        return "unknown protocol (a run scored before ganlab recorded it)"
+    return (f"{protocol['features']}, {protocol['samples']} samples vs {protocol['reference']} "
+            f"({protocol['reference_size']})")  # fmt: skip
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ganlab.errors import ConfigError
+from ganlab.runfolder import protocol
 
 
 class Mixture:
@@ -73,9 +74,11 @@ class Mixture:
     ) -> "MixtureBatches":
         return MixtureBatches(self, device, value_range)
 
-    def evaluator(self, device: torch.device, value_range: tuple[float, float]):
-        """Scores samples with the mode metrics, and with the modes they were asked for (`labels`) when given."""
-        return lambda samples, labels=None: self.mode_metrics(samples, value_range, labels)
+    def evaluator(self, device: torch.device, value_range: tuple[float, float], scoring=None) -> "ModeScores":
+        """Scores samples with the mode metrics, and with the modes they were asked for (`labels`) when given.
+
+        scoring: the run's `eval` config, which points do not need (the signature is the image datasets')."""
+        return ModeScores(self, value_range)
 
     def picture(
         self, samples: Tensor, value_range: tuple[float, float], labels: Tensor | None = None, size: int = 256
@@ -189,3 +192,17 @@ class MixtureBatches:
 
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore (see `state_dict`)."""
+
+
+class ModeScores:
+    """The mode metrics of generator output in `value_range` (`Mixture.mode_metrics`), and their protocol."""
+
+    def __init__(self, mixture: Mixture, value_range: tuple[float, float]):
+        self.mixture, self.value_range = mixture, value_range
+
+    def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        return self.mixture.mode_metrics(samples, self.value_range, labels)
+
+    def protocol(self, samples: int) -> dict:
+        """The mode metrics compare with the mixture's known modes: no feature extractor, no real sample."""
+        return protocol("modes", samples, f"{self.mixture.name} modes", len(self.mixture.centers))

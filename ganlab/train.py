@@ -183,7 +183,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
     model = gan.model
     batches = make_batches(source, device, model.output_range, cfg.train.batch_size, cfg.seed)
     fixed_noise, fixed_labels = model.grid_latent(cfg.log.num_samples, device)
-    evaluator = source.evaluator(device, model.output_range) if cfg.eval.enabled and writer else None
+    evaluator = source.evaluator(device, model.output_range, cfg.eval) if cfg.eval.enabled and writer else None
     runtime.share_random_state()  # the evaluator drew random numbers on rank 0 alone
 
     start_step, seconds_before, watch_state = 0, 0.0, None
@@ -195,7 +195,8 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
         fixed_labels = fixed_labels.to(device) if fixed_labels is not None else None
         log.info("resuming %s from step %d", run_dir, start_step)
 
-    monitor = Monitor(run_dir, start_step) if writer else Silent()  # one writer: rank 0's
+    protocol = evaluator.protocol(cfg.eval.num_samples) if evaluator else None  # the final evaluation's, in HPARAMS
+    monitor = Monitor(run_dir, start_step, protocol) if writer else Silent()  # one writer: rank 0's
     monitor.write_config(cfg)
     if writer:
         log.info("training in %s; watch it with: tensorboard --logdir %s", run_dir, shlex.quote(str(run_dir)))
@@ -218,6 +219,7 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
 
     last: dict[str, float] = {}  # the latest scalar read
     scores: dict[str, float] = {}  # the latest evaluation
+    scored = cfg.eval.num_samples  # how many samples it scored
     reason, verdict, step = None, None, start_step  # verdict: an evaluation's call to stop, acted on at the next step
     if start_step >= cfg.train.steps and writer:  # stopped or killed after its last checkpoint, before its summary
         log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
@@ -244,8 +246,8 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
                     log_samples(monitor, source, gan, fixed_noise, fixed_labels, step)
                 if evaluator is not None and (finishing or (not reason and schedule.due(step, clock))):
                     with clock.evaluating():  # the final evaluation scores its full count, the ones before fewer
-                        count = cfg.eval.num_samples if finishing else during_samples
-                        scores = log_scores(monitor, gan, evaluator, count, cfg.seed, step)
+                        scored = cfg.eval.num_samples if finishing else during_samples
+                        scores = log_scores(monitor, gan, evaluator, scored, cfg.seed, step)
                         best, verdict = watch.see(scores, step, schedule.progress(step, clock))
                         if best:
                             monitor.save_checkpoint(state(step), best=True)
@@ -268,6 +270,8 @@ def _train_as(cfg: DictConfig, run_dir: Path, record: RunRecord, runtime: Runtim
         "metrics": {name.removeprefix("Metrics/"): value for name, value in scores.items()},
         "best": watch.summary(),  # the best eval.objective and its step: checkpoint.best.pt's
     }
+    if scores:
+        summary["protocol"] = evaluator.protocol(scored)  # what `metrics` were measured with: compare only alike
     monitor.write_summary(summary)  # first: the run's result must not hang on TensorBoard's extras
     monitor.finish(status, cfg, record, tags=last | scores)  # HPARAMS: the run's status, and the columns once
     monitor.close()

@@ -140,6 +140,7 @@ def test_ganlab_eval_scores_a_file_with_labels_on_its_classes(data_root, tmp_pat
     process = run_eval(tmp_path / "labelled.npz", "dataset=mnist", f"dataset.root={data_root}")
     assert process.returncode == 0, process.stderr
     scores = json.loads(process.stdout)
+    assert scores.pop("protocol")["samples"] == len(IMAGES)
     net = load_feature_net("mnist")
     predicted = net(prepare_images(torch.from_numpy(IMAGES), net.input_shape)).argmax(1).numpy()
     shares = [(predicted[LABELS == k] == k).mean() for k in range(10)]
@@ -148,6 +149,7 @@ def test_ganlab_eval_scores_a_file_with_labels_on_its_classes(data_root, tmp_pat
     assert math.isfinite(scores["intra_fid"]) and scores["intra_fid"] > 0
     eval_command([str(tmp_path / "unconditional.npz"), "dataset=mnist", f"dataset.root={data_root}"])
     unconditional = json.loads(capsys.readouterr().out)
+    unconditional.pop("protocol")
     assert unconditional == pytest.approx({k: v for k, v in scores.items() if k not in CLASS_KEYS}, rel=1e-6)
     source = build(compose_config(["dataset=mnist", f"dataset.root={data_root}"]).dataset, "dataset")
     evaluator = source.evaluator(torch.device("cpu"), (-1.0, 1.0))
@@ -159,7 +161,9 @@ def test_ganlab_eval_scores_a_file_with_labels_on_its_classes(data_root, tmp_pat
 def test_labels_are_trimmed_with_the_images_and_read_from_pt_dicts(data_root, tmp_path, capsys):
     def score(path, *options):
         eval_command([str(path), "dataset=mnist", f"dataset.root={data_root}", *options])
-        return json.loads(capsys.readouterr().out)
+        scores = json.loads(capsys.readouterr().out)
+        scores.pop("protocol")
+        return scores
 
     np.savez(tmp_path / "all.npz", images=IMAGES, labels=LABELS)
     np.savez(tmp_path / "first.npz", images=IMAGES[:30], labels=LABELS[:30])
@@ -233,8 +237,9 @@ def test_ganlab_eval_scores_a_file_of_points_with_labels(tmp_path, capsys):
     np.savez(tmp_path / "points.npz", points=source.centers[labels].numpy(), labels=labels, config=config)
     np.savez(tmp_path / "rotated.npz", points=source.centers[labels].numpy(), labels=(labels + 1) % 8, config=config)
     eval_command([str(tmp_path / "points.npz")])
-    assert json.loads(capsys.readouterr().out) == {
-        "accuracy": 1.0, "accuracy_min": 1.0, "high_quality": 1.0, "modes_covered": 8}  # fmt: skip
+    scores = json.loads(capsys.readouterr().out)
+    assert scores.pop("protocol")["features"] == "modes"
+    assert scores == {"accuracy": 1.0, "accuracy_min": 1.0, "high_quality": 1.0, "modes_covered": 8}
     eval_command([str(tmp_path / "rotated.npz")])
     assert json.loads(capsys.readouterr().out)["accuracy"] == 0.0
 

@@ -42,6 +42,36 @@ def test_sample_writes_uint8_images_and_a_grid(run_dir, tmp_path, capsys):
     assert (tmp_path / "samples.png").exists()
 
 
+def test_npz_and_png_samples_are_what_other_evaluators_read_and_score_alike(run_dir, tmp_path, capsys, data_root):
+    """format=npz adds arr_0 (uint8 NHWC) and arr_1 (labels); format=png writes one PNG per sample; a foreign
+    arr_0/arr_1 file (guided-diffusion's layout) is read too; ganlab-eval gives all three the same FID."""
+    npz, pngs, foreign = tmp_path / "samples.npz", tmp_path / "pngs", tmp_path / "foreign.npz"
+    sample_command([str(run_dir), "n=24", f"out={npz}", "weights=raw"])
+    sample_command([str(run_dir), "n=24", "format=png", f"out={pngs}", "weights=raw"])
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["shape"] == [24, 1, 28, 28] and printed["grid"] == str(tmp_path / "pngs.png")
+    with np.load(npz) as data:
+        assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (24, 28, 28, 1)
+        assert np.array_equal(data["arr_0"], data["images"].transpose(0, 2, 3, 1))
+        assert np.array_equal(data["arr_1"], np.full(24, -1))  # unconditional: no class asked
+        np.savez(foreign, data["arr_0"], data["arr_1"])  # numpy's own names: arr_0, arr_1
+    files = sorted(pngs.iterdir())
+    assert [file.name for file in files] == [f"{i:06d}.png" for i in range(24)]
+    with np.load(npz) as data, Image.open(files[5]) as image:
+        assert np.array_equal(np.asarray(image), data["images"][5, 0])
+    scores = {}
+    for path in (npz, pngs, foreign):
+        eval_command([str(path), "dataset=mnist", f"dataset.root={data_root}"])
+        scores[path.name] = json.loads(capsys.readouterr().out)
+        assert scores[path.name].pop("protocol")["samples"] == 24
+    assert scores["pngs"]["fid"] == pytest.approx(scores["samples.npz"]["fid"], rel=1e-6)
+    assert scores["foreign.npz"] == pytest.approx(scores["samples.npz"], rel=1e-5)
+    with pytest.raises(ConfigError, match=r"out=.*pngs already exists and is not an empty folder: pass a new folder"):
+        sample_command([str(run_dir), "n=4", "format=png", f"out={pngs}"])
+    with pytest.raises(ConfigError, match=r"format=gif is not allowed: use one of \['npz', 'png'\]"):
+        sample_command([str(run_dir), "format=gif"])
+
+
 def test_raw_and_ema_samples_differ(run_dir, tmp_path, capsys):
     sample_command([str(run_dir), "n=20", f"out={tmp_path / 'raw.npz'}", "weights=raw"])
     sample_command([str(run_dir), "n=20", f"out={tmp_path / 'ema.npz'}", "weights=ema"])
@@ -60,6 +90,7 @@ def test_eval_scores_a_run_and_a_sample_file(run_dir, tmp_path, capsys):
     eval_command([str(out)])
     from_file = json.loads(capsys.readouterr().out)
     assert scores.pop("checkpoint") == "best" and scores.pop("step") in (1, 2, 3)  # the run's best evaluation
+    assert from_file.pop("protocol") == scores.pop("protocol")  # the same net, count and reference split
     raw = {name: value for name, value in scores.items() if not name.endswith("_ema")}
     assert from_file == pytest.approx(raw, rel=1e-4)  # the same 40 latent vectors, seed 0: every metric agrees
 
@@ -76,6 +107,8 @@ def test_sample_file_of_a_toy_run_is_scored_on_its_own_dataset(tmp_path, capsys)
     from_run = json.loads(capsys.readouterr().out)
     assert (from_run.pop("checkpoint"), from_run.pop("step")) == ("last", 3)  # no evaluation: no best checkpoint
     assert from_file == from_run  # the same 64 latent vectors (seed 0) as the run's
+    assert from_file.pop("protocol") == {"features": "modes", "samples": 64, "reference": "ring8 modes",
+                                         "reference_size": 8}  # fmt: skip
     assert set(from_file) == {"modes_covered", "high_quality"}
 
 

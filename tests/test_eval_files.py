@@ -30,7 +30,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: scores must not 
 def score(path, data_root, capsys, *options) -> dict:
     """The scores `ganlab-eval path dataset=mnist dataset.root=<fixture> [options]` prints."""
     eval_command([str(path), "dataset=mnist", f"dataset.root={data_root}", *options])
-    return json.loads(capsys.readouterr().out)
+    return without_protocol(json.loads(capsys.readouterr().out))
+
+
+def without_protocol(scores: dict) -> dict:
+    """The scores alone, once their protocol is checked: the mnist net against the 16 test images of the fixture."""
+    protocol = scores.pop("protocol")
+    assert protocol["features"].startswith("net:mnist/") and protocol["reference"] == "mnist test"
+    assert protocol["reference_size"] == 16 and protocol["samples"] >= 2
+    return scores
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,7 @@ def expected(data_root, tmp_path_factory) -> dict:
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         eval_command([str(path), "dataset=mnist", f"dataset.root={data_root}"])
     torch.set_num_threads(threads)
-    scores = json.loads(printed.getvalue())
+    scores = without_protocol(json.loads(printed.getvalue()))
     assert {"fid", "kid_mean", "precision", "recall", "density", "prdc_coverage", "coverage"} <= set(scores)
     return scores
 
@@ -89,11 +97,11 @@ def test_a_sample_file_with_a_config_needs_no_dataset_and_is_never_divided_by_25
     np.savez(tmp_path / "uint8.npz", images=IMAGES, config=config)
     np.savez(tmp_path / "float.npz", images=IMAGES / 255.0, config=config)
     eval_command([str(tmp_path / "uint8.npz")])
-    from_uint8 = json.loads(capsys.readouterr().out)
+    from_uint8 = without_protocol(json.loads(capsys.readouterr().out))
     eval_command([str(tmp_path / "float.npz")])
-    assert json.loads(capsys.readouterr().out) == from_uint8
+    assert without_protocol(json.loads(capsys.readouterr().out)) == from_uint8
     eval_command([str(tmp_path / "float.npz"), "n=20"])  # the first 20 images only
-    first_of_file = json.loads(capsys.readouterr().out)
+    first_of_file = without_protocol(json.loads(capsys.readouterr().out))
     np.save(tmp_path / "first.npy", IMAGES[:20])
     assert first_of_file == score(tmp_path / "first.npy", data_root, capsys) != from_uint8
 

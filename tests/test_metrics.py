@@ -6,7 +6,6 @@ absent; the synthetic versions beside them need nothing but the package.
 """
 
 import json
-import logging
 import math
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from ganlab.features import (
     prepare_images,
     sha256_of,
 )
-from ganlab.metrics import SampleQuality, inception_fid, kl_from_uniform
+from ganlab.metrics import SampleQuality, kl_from_uniform
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("mnist", "fashion_mnist", "cifar10")
@@ -275,27 +274,3 @@ def test_bad_images_are_refused(mnist_net):
     quality = SampleQuality(mnist_net, digit_like_shapes(20, seed=10), **FAST)
     with pytest.raises(ValueError, match="generated images must be uint8"):
         quality.compute(digit_like_shapes(1, seed=11))
-
-
-# --- Inception FID, optional ---
-
-
-def test_inception_fid_is_skipped_offline_with_one_log_line(caplog):
-    images = digit_like_shapes(4, seed=12)
-    with caplog.at_level(logging.WARNING, logger="ganlab.metrics"):
-        assert inception_fid(images, images) is None
-    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("Inception FID skipped: ")
-
-
-def test_inception_fid_is_skipped_when_the_weights_are_missing_or_do_not_load(monkeypatch, tmp_path, caplog):
-    """As if torch-fidelity were installed: missing weights skip before any download; a failing build is caught."""
-    import ganlab.metrics
-
-    monkeypatch.setattr(ganlab.metrics.importlib.util, "find_spec", lambda name: object())
-    images = digit_like_shapes(4, seed=13)
-    with caplog.at_level(logging.WARNING, logger="ganlab.metrics"):
-        assert inception_fid(images, images, weights_path=tmp_path / "missing.pth") is None
-        (tmp_path / "broken.pth").write_bytes(b"broken")
-        assert inception_fid(images, images, weights_path=tmp_path / "broken.pth") is None
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2 and "weights are not at" in messages[0] and "it failed with" in messages[1]

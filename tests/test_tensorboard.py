@@ -111,6 +111,8 @@ def test_each_job_records_its_preset_and_values(sweep):
         assert (hparams["loss"].string_value, hparams["seed"].string_value) == (loss, seed)
         assert hparams["train.batch_size"].string_value == "4" and hparams["dataset.image_size"].string_value == "28"
         assert hparams["train.g_lr"].number_value == pytest.approx(1e-3)  # the preset's rate, a number
+        scored = hparams["protocol"].string_value  # what the final scores are measured with
+        assert scored.startswith("net:mnist/") and scored.endswith(", 16 samples vs mnist test (16)")
         end = plugin_data(events(sweep / job), "_hparams_/session_end_info").session_end_info
         assert end.status == api_pb2.STATUS_SUCCESS
 
@@ -177,6 +179,7 @@ def test_a_single_toy_run_writes_its_own_summary_without_image_size(tmp_path):
     assert not any(info.differs for info in experiment.hparam_infos)  # nothing is swept
     hparams = plugin_data(accumulator, "_hparams_/session_start_info").session_start_info.hparams
     assert hparams["experiment"].string_value == "ring8_mlp" and "dataset.image_size" not in hparams
+    assert hparams["protocol"].string_value == "modes, 64 samples vs ring8 modes (8)" and "protocol" in names
     assert "- **preset** `experiment=ring8_mlp`" in text(accumulator, "command")
 
 
