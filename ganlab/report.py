@@ -24,7 +24,7 @@ import numpy as np
 
 from ganlab.entry import run_command
 from ganlab.errors import ConfigError
-from ganlab.runfolder import RAN_TO_ITS_END, Status, higher_is_better, minimised
+from ganlab.runfolder import RAN_TO_ITS_END, Status, higher_is_better, minimised, protocol_label
 from ganlab.sweep_jobs import Job, group_jobs, group_keys, load_jobs, metric_names, swept_keys
 
 USAGE = "ganlab-report <sweep_dir> [--metric NAME] [--out DIR]"
@@ -54,6 +54,21 @@ def shown_metrics(metric: str | None, names: list[str]) -> list[str]:
         return []
     suffix = "_ema" if metric.endswith("_ema") else ""
     return list(dict.fromkeys([metric] + [f"{name}{suffix}" for name in COMPANIONS if f"{name}{suffix}" in names]))
+
+
+def by_protocol(jobs: list[Job]) -> dict[str, list[Job]]:
+    """The jobs by the protocol their scores were measured with (`runfolder.protocol_label`), the most common first
+    (ties in name order).
+
+    Scores under different protocols (feature extractor, sample count, reference split) do not compare, so each
+    group is ranked apart. A job without scores yet joins the first group.
+    """
+    scored = Counter(protocol_label(job.protocol) for job in jobs if job.metrics)
+    labels = sorted(scored, key=lambda label: (-scored[label], label)) or [protocol_label(None)]
+    groups: dict[str, list[Job]] = {label: [] for label in labels}
+    for job in jobs:
+        groups[protocol_label(job.protocol) if job.metrics else labels[0]].append(job)
+    return groups
 
 
 def rank(rows: Table, metric: str | None) -> Table:
@@ -147,6 +162,7 @@ def job_table(jobs: list[Job], metric: str | None = None, scale: CalibrationScal
         if scale is not None and fid is not None:
             row["calibration"] = scale.place(job.metrics.get(fid), job.feature_net)
         row |= {"steps/s": job.steps_per_second, "images/s": job.images_per_second}
+        row["protocol"] = protocol_label(job.protocol) if job.metrics else None
         if any_error:
             row["error"] = job.error
         row["overrides"] = ",".join(f"{key}={value}" for key, value in job.overrides.items())
@@ -182,6 +198,7 @@ def group_table(jobs: list[Job], metric: str | None, scale: CalibrationScale | N
         if scale is not None and fid is not None:
             row["calibration"] = scale.place(row[fid][0], members[0].feature_net)
         row["steps/s"] = mean_std([job.steps_per_second for job in done])
+        row["protocol"] = protocol_label(done[0].protocol) if done and done[0].metrics else None
         rows.append(row)
     return rank(rows, metric)
 
@@ -248,16 +265,39 @@ def markdown(sweep_dir: Path, jobs: list[Job], metric: str | None, why: str, sca
             f"calibration table (`ganlab-eval calibrate`, {per_set} images per set: a run scored with fewer images "
             f"sits a little higher on it)."
         )
+    partitions = by_protocol(jobs)
+    if len(partitions) == 1:
+        header += f" Scores: {next(iter(partitions))}."
+    else:
+        header += (
+            f" Its jobs were scored under {len(partitions)} protocols, whose numbers do not compare: each is ranked "
+            f"apart below."
+        )
     header += " Every metric is in report_jobs.csv and report_groups.csv."
     cost = sweep_cost(jobs)
     if cost is not None:
         header += f" {cost} A cut job's scores are those of the evaluation that stopped it."
+    text = f"# Sweep {sweep_dir}: {len(jobs)} job{'s' * (len(jobs) > 1)} ({counts})\n\n{header}\n"
+    level = "##" if len(partitions) == 1 else "###"
+    for label, members in partitions.items():
+        if len(partitions) > 1:
+            text += f"\n## Scored with {label}\n"
+        text += (
+            f"\n{level} Jobs\n\n"
+            + markdown_table(job_table(members, metric, scale), leave_out=("overrides", "protocol", *hidden))
+            + f"\n\n{level} Over seeds (mean ± std)\n\n"
+            + markdown_table(group_table(members, metric, scale), leave_out=(*group_keys(jobs), "protocol", *hidden))
+            + "\n"
+        )  # the swept columns say the overrides, and `group` the keys of a group
+    return text
+
+
+def tables(jobs: list[Job], metric: str | None, scale: CalibrationScale) -> tuple[Table, Table]:
+    """The job table and the group table of the CSVs: each protocol's rows ranked apart, the most common first."""
+    partitions = by_protocol(jobs).values()
     return (
-        f"# Sweep {sweep_dir}: {len(jobs)} job{'s' * (len(jobs) > 1)} ({counts})\n\n{header}\n\n## Jobs\n\n"
-        + markdown_table(job_table(jobs, metric, scale), leave_out=("overrides", *hidden))  # swept columns say it
-        + "\n\n## Over seeds (mean ± std)\n\n"
-        + markdown_table(group_table(jobs, metric, scale), leave_out=(*group_keys(jobs), *hidden))  # `group` does
-        + "\n"
+        [row for members in partitions for row in job_table(members, metric, scale)],
+        [row for members in partitions for row in group_table(members, metric, scale)],
     )
 
 
@@ -289,12 +329,17 @@ def report(argv: list[str]) -> None:
     scale = CalibrationScale()
     out = args.out or args.sweep_dir
     text = markdown(args.sweep_dir, jobs, metric, why, scale)
+    protocols = list(by_protocol(jobs))
+    if len(protocols) > 1:
+        print(f"ganlab-report: warning: the jobs were scored under {len(protocols)} protocols "
+              f"({'; '.join(protocols)}): each is ranked apart, never together.", file=sys.stderr)  # fmt: skip
     paths = [out / name for name in ("report.md", "report_jobs.csv", "report_groups.csv", "report.png")]
     try:
         out.mkdir(parents=True, exist_ok=True)
         paths[0].write_text(text)
-        write_csv(job_table(jobs, metric, scale), paths[1])
-        write_csv(group_table(jobs, metric, scale), paths[2])
+        job_rows, group_rows = tables(jobs, metric, scale)
+        write_csv(job_rows, paths[1])
+        write_csv(group_rows, paths[2])
         suffix = "_ema" if metric and metric.endswith("_ema") else ""
         feature_net = next((job.feature_net for job in jobs if job.feature_net), None)
         figure(jobs, paths[3], suffix, scale.sets(feature_net))

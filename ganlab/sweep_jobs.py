@@ -34,6 +34,7 @@ class Job:
     feature_net: str | None = None  # the job's dataset.feature_net (whose calibration table places its FID)
     planned_steps: int | None = None  # the job's train.steps, and train.max_seconds: how far it would have gone
     max_seconds: float | None = None
+    protocol: dict | None = None  # what its metrics were measured with (runfolder.protocol); None before it had any
 
     @property
     def name(self) -> str:
@@ -102,6 +103,9 @@ def load_job(folder: Path, curves: bool = True) -> Job:
         job.status, job.error = str(summary["status"]), str(summary.get("error", ""))
         job.steps, job.seconds = summary.get("step"), summary.get("seconds")
         job.metrics = {name: float(value) for name, value in summary.get("metrics", {}).items()}
+        job.protocol = summary.get("protocol")
+        if job.protocol and not str(job.protocol["features"]).startswith("net:"):
+            job.feature_net = None  # scored with Inception: the small net's calibration table does not place it
         job.steps_per_second = final.get("Speed/steps_per_second")
         job.images_per_second = final.get("Speed/images_per_second")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:

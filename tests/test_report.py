@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from ganlab.features import read_manifest
+from ganlab.runfolder import protocol
 from ganlab.sweep_jobs import load_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +179,8 @@ def image_sweep(sweep: Path, folder: Path, objective: str) -> dict[tuple[str, st
         metrics |= {"fid_ema": 1.0 + 10 * number, "precision_ema": 0.8 - 0.1 * number, "recall_ema": 0.3 + 0.1 * number,
                     "coverage_ema": 9 + number % 2, "kid_mean_ema": 0.1 * number}  # fmt: skip
         summary = json.loads((job / "metrics.json").read_text())
-        (job / "metrics.json").write_text(json.dumps(summary | {"metrics": metrics}))
+        scored = protocol("net:mnist/c4abb046", 2000, "mnist test", 10_000)  # what an MNIST run records
+        (job / "metrics.json").write_text(json.dumps(summary | {"metrics": metrics, "protocol": scored}))
         config = yaml.safe_load((job / "config.yaml").read_text())
         config["eval"]["objective"], config["dataset"]["feature_net"] = objective, "mnist"
         (job / "config.yaml").write_text(yaml.safe_dump(config))
@@ -218,6 +220,38 @@ def test_calibration_column_places_each_fid_among_the_damaged_sets(sweep, tmp_pa
         above = [row["set"] for row in table if row["fid"] > fid][0]
         assert job["calibration"].startswith(f"between {below} (") and f") and {above} (" in job["calibration"]
     assert "| calibration |" in process.stdout and "| between real train (floor) (" in process.stdout  # fid_ema 1
+
+
+def test_runs_scored_under_different_protocols_are_ranked_apart(sweep, tmp_path):
+    """Two jobs scored on 500 samples, the rest on 2000: one warning line, and each protocol ranked on its own."""
+    written = image_sweep(sweep, tmp_path / "images", "fid")
+    few = sorted(job_folders(tmp_path / "images").items())[:2]
+    for _, job in few:
+        summary = json.loads((job / "metrics.json").read_text())
+        summary["protocol"]["samples"] = 500
+        (job / "metrics.json").write_text(json.dumps(summary))
+    process = run_report(tmp_path / "images")
+    assert process.returncode == 0, process.stderr
+    warning = "ganlab-report: warning: the jobs were scored under 2 protocols (net:mnist/c4abb046, 2000 samples vs"
+    assert process.stderr.startswith(warning) and process.stderr.count("\n") == 1
+    text = (tmp_path / "images" / "report.md").read_text()
+    assert "scored under 2 protocols, whose numbers do not compare: each is ranked apart below." in text
+    sections = text.split("## Scored with ")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        "net:mnist/c4abb046, 2000 samples vs mnist test (10000)",
+        "net:mnist/c4abb046, 500 samples vs mnist test (10000)",
+    ]
+    jobs = read_csv(tmp_path / "images" / "report_jobs.csv")
+    for samples, count in (("2000", len(written) - 2), ("500", 2)):
+        rows = [job for job in jobs if f", {samples} samples vs" in job["protocol"]]
+        assert len(rows) == count
+        assert [float(job["fid"]) for job in rows] == sorted(float(job["fid"]) for job in rows)  # ranked within
+
+
+def test_one_protocol_is_named_in_the_header(sweep, tmp_path):
+    image_sweep(sweep, tmp_path / "images", "fid")
+    text = run_report(tmp_path / "images").stdout
+    assert "Scores: net:mnist/c4abb046, 2000 samples vs mnist test (10000)." in text and "## Jobs" in text
 
 
 def test_figure_gains_the_precision_recall_plane(sweep, report, tmp_path):
