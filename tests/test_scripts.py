@@ -76,6 +76,17 @@ def check_compare_mlp_recipes(out: str, folder: Path) -> None:
     assert re.search(r"^best_mlp_mnist / reference, mean FID: [\d.]+ \(target <= 0.333\)$", out, re.M)
 
 
+def check_gpu_check(out: str, folder: Path) -> None:
+    """Both checks passed, each a line of stdout and an entry of the JSON it wrote."""
+    report = json.loads((folder / "gpu_check.json").read_text())
+    assert report["passed"] and report["device"] == "cpu"
+    assert {name: check["status"] for name, check in report["checks"].items()} == {
+        "sync_batch_norm": "ok",
+        "preset/best_mlp_mnist/bf16": "ok",
+    }
+    assert out.splitlines()[-1].startswith("gpu_check: 2 ok in ")
+
+
 def check_plot_calibration(out: str, folder: Path) -> None:
     """The figure is a real PNG where --out said, and the one line says so."""
     assert out == f"wrote {folder / 'precision_recall.png'}\n"
@@ -158,6 +169,12 @@ BRIEF = {
     "compare_mlp_recipes.py": Brief(["{script}", "--data-root", "{data}", "--seconds", "0.5", "--seeds", "0",
                                      "--samples", "200"],
                                     check_compare_mlp_recipes),
+    # --device cpu (the path without a GPU), two of its checks: the SyncBatchNorm driver and one preset's bf16 run; the
+    # others (bench, torchrun, pytest -m cuda) and the failures and budget are in tests/test_gpu_check.py
+    "gpu_check.py": Brief(["{script}", "--device", "cpu", "--data-root", "{data}", "--out", "{tmp}/gpu_check.json",
+                           "--steps", "2", "--checks", "sync_batch_norm,presets", "--presets", "best_mlp_mnist",
+                           "--variants", "bf16", "--jobs", "2", "device.threads=1", "train.batch_size=8"],
+                          check_gpu_check),
     "plot_calibration.py": Brief(["{script}", "--nets", "mnist", "--out", "{tmp}/precision_recall.png"],
                                  check_plot_calibration),
     # one study (its ratios to itself are 1.00x) of 2 trials of 4 steps, one job at a time: joblib then runs them in
