@@ -182,6 +182,27 @@ def cached_reference(path: Path, count: int, images, inception: Inception) -> Re
     return reference
 
 
+def write_random_weights(path: Path, seed: int = 0) -> None:
+    """torch-fidelity's InceptionV3 with seeded He-initialised convolutions, saved as its real weights file is.
+
+    For tests and benchmarks where the real weights cannot be downloaded: every step from loading on is the real
+    one, the numbers are those of a random network, and the speed is the real network's.
+    """
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    torch.manual_seed(seed)
+    no_download = mock.patch.object(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: None)
+    no_load = mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *args: None)
+    with no_download, no_load:
+        net = fidelity.FeatureExtractorInceptionV3(EXTRACTOR, [POOL3])
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight)  # activations keep their scale through the 94 layers
+    torch.save(net.state_dict(), path)
+
+
 class InceptionQuality:
     """FID, KID, Inception Score and PRDC of generated images against one cached `Reference`, in Inception's features.
 

@@ -17,9 +17,14 @@ the input, then G backward. The same count is used for ganlab and the reference:
 
 The `variants` case times ganlab's step on the `--base` preset (and overrides) under each `--variant`'s extra
 overrides, alternately in the same way, with each variant's steps/s as a ratio to the first one's.
+
+The `scoring` case times what an evaluation spends per image: the MNIST net's embedding (`eval.features=net`)
+against torch-fidelity's InceptionV3 (`eval.features=inception`), on the same MNIST test images, alternately. It
+loads `--inception-weights`, or writes seeded random ones (the speed does not depend on the values).
 """
 
 import argparse
+import re
 import resource
 import statistics
 import subprocess
@@ -229,6 +234,35 @@ def bench_data(args, device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_scoring(args, device: torch.device) -> list[dict]:
+    """Images per second of the two feature extractors on the same 28 px MNIST test images, and their ratio."""
+    from ganlab.features import load_feature_net, prepare_images
+    from ganlab.inception import Inception, write_random_weights
+
+    source = build(compose_preset("dcgan_mnist", args.data_root, args.device, ["dataset.image_size=28"]).dataset,
+                   "dataset")  # fmt: skip
+    images = source.split("test").decode_uint8()[: args.scoring_images].to(device)
+    net = load_feature_net("mnist").to(device)
+    with tempfile.TemporaryDirectory() as folder:
+        weights = args.inception_weights or Path(folder) / "random.pth"
+        if args.inception_weights is None:
+            write_random_weights(weights)
+        inception = Inception.load(str(weights), device)
+
+    def embed() -> None:
+        with torch.no_grad():
+            for batch in images.split(500):  # SampleQuality's batch
+                net.features(prepare_images(batch, net.input_shape))
+
+    contenders = {"net (mnist)": embed, "inception": lambda: inception.features(images)}
+    rates = alternate(contenders, 1, args, device)
+    case = f"scoring {len(images)} MNIST images"
+    rows = [{"case": case, "loop": name, "images/s": rate * len(images)} for name, rate in rates.items()]
+    for row in rows:
+        row["ratio"] = row["images/s"] / rows[0]["images/s"]
+    return rows
+
+
 def mlp_run_peak_rss_mb(args) -> float:
     """Peak RSS of a real `ganlab-train` MNIST MLP run, in a child process (in the repository, with its run folder
     removed afterwards)."""
@@ -259,6 +293,27 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def read_table(text: str) -> list[dict[str, str]]:
+    """The rows of every markdown table in `text` (as `print_table` writes them), as {column: cell}."""
+    rows, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set("".join(cells)) <= set("- "):
+            rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def number(cell: str) -> float:
+    """The first number of a table cell such as `1,234.5`, `1.30x`, `40 (1.00x)` or `73%` (as 0.73)."""
+    value = float(re.match(r"-?[\d,.]+", cell).group().replace(",", ""))
+    return value / 100 if cell.endswith("%") else value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default="../shared/data", help="folder holding MNIST/raw/")
@@ -271,6 +326,8 @@ def main() -> None:
     parser.add_argument("--data-batches", type=int, default=200, help="batches per round of the data-supply case")
     parser.add_argument("--base", nargs="+", default=["dcgan_mnist"], help="variants: a preset, then overrides")
     parser.add_argument("--variant", action="append", default=[], help="variants: overrides (repeat the option)")
+    parser.add_argument("--scoring-images", type=int, default=256, help="scoring: images per timed round")
+    parser.add_argument("--inception-weights", help="scoring: torch-fidelity's weights file; default: random ones")
     args = parser.parse_args()
     cases = args.cases.split(",")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -292,6 +349,9 @@ def main() -> None:
     if "data" in cases:
         print()
         print_table(bench_data(args, device), ["case", "loop", "images/s", "ratio"])
+    if "scoring" in cases:
+        print()
+        print_table(bench_scoring(args, device), ["case", "loop", "images/s", "ratio"])
     if rss is not None:
         print(f"\npeak RSS of an MNIST MLP run (ganlab-train experiment=lsgan_mlp_mnist): {rss:,.0f} MB")
 

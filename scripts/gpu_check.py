@@ -16,6 +16,9 @@ The checks, each a subprocess in a temporary folder:
   same preset with real SyncBatchNorm.
 - `torchrun_1_rank`, `torchrun_2_ranks`: the DCGAN preset under torchrun; 2 ranks (NCCL) need 2 GPUs. ganlab sets up
   no process group for 1 rank, so NCCL itself runs only across 2.
+- `inception`: the DCGAN preset trained `--steps` steps, then scored with `eval.features=inception` (FID, KID, IS
+  and PRDC of `--inception-samples` samples against MNIST's test split) on the device, with seeded random weights
+  that this script writes (the machine may not reach the download): every score finite, the protocol recorded.
 - `preset/<name>/bf16`, `preset/<name>/bf16_compile`: every preset (conf/experiment/*.yaml) trains `--steps` steps
   with bf16 autocast, then also compiled (all presets' bf16 runs come first).
 
@@ -56,8 +59,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(REPO))  # this checkout's ganlab, whatever is installed (the children get it on PYTHONPATH)
+sys.path.insert(0, str(SCRIPTS))  # bench.py
 PRESETS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
-CHECK_KINDS = ("bench", "cuda_tests", "sync_batch_norm", "torchrun", "presets")
+CHECK_KINDS = ("bench", "cuda_tests", "sync_batch_norm", "torchrun", "inception", "presets")
 
 # each preset trains once per variant: the device options it adds
 VARIANTS = {
@@ -182,27 +186,6 @@ def finished_run(run_dir: Path, steps: int) -> dict:
             "training_seconds": summary["seconds"]}  # fmt: skip
 
 
-def markdown_rows(text: str) -> list[dict[str, str]]:
-    """The rows of the markdown tables bench.py prints, as {column: cell}."""
-    rows, header = [], None
-    for line in text.splitlines():
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if header is None:
-            header = cells
-        elif not set("".join(cells)) <= set("- "):
-            rows.append(dict(zip(header, cells, strict=True)))
-    return rows
-
-
-def number(cell: str) -> float:
-    """The number in a bench.py cell such as `1,234.5`, `73%` (as 0.73) or `1.30x`."""
-    value = float(re.match(r"-?[\d,.]+", cell).group().replace(",", ""))
-    return value / 100 if cell.endswith("%") else value
-
-
 def dataset_options() -> dict[str, tuple[str, bool]]:
     """Each preset's dataset option (e.g. cifar10) and whether it reads files (has a `root`), as composed."""
     from hydra import compose, initialize_config_dir
@@ -305,6 +288,8 @@ class GPUCheck:
                 skip = f"skipped (needs {ranks} GPUs, {gpus} here)" if gpus is not None and gpus < ranks else None
                 name = f"torchrun_{ranks}_rank" + ("s" if ranks > 1 else "")
                 checks.append(Check(name, lambda left, ranks=ranks: self.torchrun(ranks, left), skip))
+        if "inception" in kinds:
+            checks.append(Check("inception", self.inception))
         if "presets" in kinds:
             datasets = dataset_options()
             for variant in self.args.variants:
@@ -320,9 +305,11 @@ class GPUCheck:
                    "--rounds", str(self.args.bench_rounds), "--warmup", str(self.args.bench_warmup),
                    "--base", DCGAN_PRESET, "--variant", "device.precision=fp32",
                    "--variant", "device.precision=bf16"]  # fmt: skip
+        from bench import number, read_table  # bench.py's own reader of its tables (it loads torch and hydra)
+
         out, _ = self.processes.run(command, left)
         peak = re.search(r"^matmul peak \(fp32 2048x2048\): ([\d,.]+) GFLOP/s$", out, re.M)
-        rows = markdown_rows(out)
+        rows = read_table(out)
         loops = {row["loop"]: row for row in rows if row["case"].startswith("dcgan (")}
         variants = {row["loop"]: row for row in rows if row["case"] == DCGAN_PRESET}
         if not peak or set(loops) != {"ganlab", "reference"} or len(variants) != 2:
@@ -395,6 +382,28 @@ class GPUCheck:
                    *self.training_overrides("mnist", True, run_dir)]  # fmt: skip
         self.processes.run(command, left)
         return {"ranks": ranks, **finished_run(run_dir, self.args.steps)}
+
+    def inception(self, left: float) -> dict:
+        """The DCGAN preset's final evaluation with eval.features=inception on the device: finite scores, their
+        protocol, and the evaluation's seconds (the reference statistics of MNIST's test split included)."""
+        from ganlab.inception import write_random_weights
+
+        weights, run_dir = self.work / "inception.pth", self.work / "inception"
+        write_random_weights(weights)
+        scoring = ["eval.enabled=true", "eval.features=inception", f"eval.inception_weights={weights}",
+                   "eval.reference=test", f"eval.num_samples={self.args.inception_samples}", "eval.times=0",
+                   f"eval.stats_dir={self.work / 'fid_stats'}"]  # fmt: skip
+        overrides = [o for o in self.training_overrides("mnist", True, run_dir) if o != "eval.enabled=false"]
+        command = [sys.executable, "-m", "ganlab.train", f"experiment={DCGAN_PRESET}", *overrides, *scoring]
+        self.processes.run(command, left)
+        figures = finished_run(run_dir, self.args.steps)
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        scores = {name: summary["metrics"].get(name) for name in ("fid", "kid_mean", "is_mean", "precision")}
+        if not all(isinstance(value, float) and math.isfinite(value) for value in scores.values()):
+            raise CheckFailed(f"the Inception scores are not all finite numbers: {scores}")
+        if not summary["protocol"]["features"].startswith("inception-v3-compat/"):
+            raise CheckFailed(f"the run was not scored with Inception: {summary['protocol']}")
+        return figures | {"scores": scores, "protocol": summary["protocol"], "eval_seconds": summary["eval_seconds"]}
 
     def preset(self, preset: str, variant: str, dataset: tuple[str, bool], left: float) -> dict:
         """One preset trained `--steps` steps with the variant's device options."""
@@ -510,6 +519,8 @@ def main() -> None:
                         help="seconds for it all: a check running then is killed, later ones skip")  # fmt: skip
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="cpu: test this script's path without a GPU (gloo, no NCCL)")  # fmt: skip
+    parser.add_argument("--inception-samples", type=int, default=2000,
+                        help="inception: samples its evaluation scores")  # fmt: skip
     parser.add_argument("--checks", type=comma_list(CHECK_KINDS, "check kinds"), default=list(CHECK_KINDS),
                         help=f"comma-separated subset of {','.join(CHECK_KINDS)}")  # fmt: skip
     parser.add_argument("--presets", type=comma_list(PRESETS, "presets in conf/experiment/"), default=PRESETS,

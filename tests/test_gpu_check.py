@@ -21,7 +21,7 @@ SCRIPT = REPO / "scripts" / "gpu_check.py"
 PRESETS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
 # every training run: one thread (the machine is shared), a small batch (even, for 2 ranks)
 TINY = ["device.threads=1", "train.batch_size=8"]
-OTHER_CHECKS = ["bench_dcgan", "cuda_tests", "sync_batch_norm", "torchrun_1_rank", "torchrun_2_ranks"]
+OTHER_CHECKS = ["bench_dcgan", "cuda_tests", "sync_batch_norm", "torchrun_1_rank", "torchrun_2_ranks", "inception"]
 
 
 def gpu_check(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -53,7 +53,7 @@ def test_the_cpu_path_runs_every_kind_of_check_and_records_each_ok(tmp_path, dat
     result = gpu_check("--device", "cpu", "--data-root", data_root, "--cifar10-folder", data_root / "folder",
                        "--out", out, "--steps", "2", "--presets", "grid25_mlp,sngan_dcgan_cifar10", "--variants",
                        "bf16", "--jobs", "2", "--bench-steps", "1", "--bench-rounds", "1", "--bench-warmup", "0",
-                       *TINY, cwd=tmp_path)  # fmt: skip
+                       "--inception-samples", "8", *TINY, cwd=tmp_path)  # fmt: skip
     seconds = time.monotonic() - start
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -75,7 +75,10 @@ def test_the_cpu_path_runs_every_kind_of_check_and_records_each_ok(tmp_path, dat
     sync = checks["sync_batch_norm"]["figures"]
     assert sync["layers"]["BatchNorm2d"] == 0 and sync["layers"]["SyncBatchNorm"] > 0
     assert sync["relative_difference"] == 0  # on the CPU, SyncBatchNorm alone is BatchNorm to the bit
-    for name in ["torchrun_1_rank", "torchrun_2_ranks", *presets]:
+    inception = checks["inception"]["figures"]
+    assert inception["protocol"]["samples"] == 8 and inception["protocol"]["reference"] == "mnist test"
+    assert inception["scores"]["fid"] > 0 and inception["eval_seconds"] > 0
+    for name in ["torchrun_1_rank", "torchrun_2_ranks", "inception", *presets]:
         figures = checks[name]["figures"]
         assert set(figures["losses"]) >= {"Loss/D", "Loss/G"} and figures["steps_per_second"] > 0, name
 

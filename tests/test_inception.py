@@ -16,13 +16,12 @@ import torch
 import torch_fidelity
 from conftest import compose_config, dataset_overrides, ganlab_train
 from omegaconf import OmegaConf
-from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception
 
 from ganlab import inception as inception_module
 from ganlab.cli import eval_command, sample_command
 from ganlab.config import build
 from ganlab.data import ImageSource
-from ganlab.inception import EXTRACTOR, Inception, InceptionError
+from ganlab.inception import EXTRACTOR, Inception, InceptionError, write_random_weights
 from ganlab.runfolder import read_summary
 from ganlab.train import train
 
@@ -32,17 +31,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory) -> Path:
-    """torch-fidelity's InceptionV3 with seeded He-initialised convolutions, saved as the real weights file is."""
+    """torch-fidelity's InceptionV3 with seeded random weights, saved as the real weights file is."""
     path = tmp_path_factory.mktemp("inception") / "weights.pth"
-    torch.manual_seed(0)
-    no_download = mock.patch.object(fidelity_inception, "load_state_dict_from_url", lambda *args, **kwargs: None)
-    no_load = mock.patch.object(fidelity_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *args: None)
-    with no_download, no_load:
-        net = fidelity_inception.FeatureExtractorInceptionV3(EXTRACTOR, ["2048"])
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight)  # activations keep their scale through the 94 layers
-    torch.save(net.state_dict(), path)
+    write_random_weights(path)
     return path
 
 

@@ -21,31 +21,13 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(path.name for path in (REPO / "scripts").glob("*.py"))
-
-
-def table(text: str) -> list[dict[str, str]]:
-    """The rows of every markdown table in `text`, as {column: cell}; a line of dashes separates header and rows."""
-    rows, header = [], None
-    for line in text.splitlines():
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if header is None:
-            header = cells
-        elif not set("".join(cells)) <= set("- "):
-            rows.append(dict(zip(header, cells, strict=True)))
-    return rows
-
-
-def number(cell: str) -> float:
-    """The first number of a table cell such as `1,234.5`, `0.91x` or `40 (1.00x)`."""
-    return float(re.match(r"-?[\d,.]+", cell).group().replace(",", ""))
+sys.path.insert(0, str(REPO / "scripts"))
+from bench import number, read_table  # noqa: E402  (the scripts print their tables as bench.py does)
 
 
 def check_bench(out: str, folder: Path) -> None:
     """Each MLP/DCGAN case has a ganlab row (with the ratio) and a reference row, and the batch supply its two."""
-    rows = table(out)
+    rows = read_table(out)
     assert out.startswith("device: cpu")
     for case in ("lsgan", "fgan", "dcgan"):
         ganlab, reference = [row for row in rows if row["case"].startswith(f"{case} (")]
@@ -69,7 +51,7 @@ def check_bench_ddp(out: str, folder: Path) -> None:
 
 def check_compare_mlp_recipes(out: str, folder: Path) -> None:
     """The seed's table has the three contenders, each trained and scored; the EMA column is the presets' alone."""
-    rows = {row["run"]: row for row in table(out.split("mean ± std over seeds")[0])}
+    rows = {row["run"]: row for row in read_table(out.split("mean ± std over seeds")[0])}
     assert list(rows) == ["LSGAN reference loop", "lsgan_mlp_mnist", "best_mlp_mnist"]
     assert all(int(row["steps"]) > 0 and math.isfinite(number(row["FID"])) for row in rows.values())
     assert rows["LSGAN reference loop"]["FID (EMA)"] == "-" and number(rows["best_mlp_mnist"]["FID (EMA)"]) >= 0
@@ -96,7 +78,7 @@ def check_plot_calibration(out: str, folder: Path) -> None:
 
 def check_pruning_saving(out: str, folder: Path) -> None:
     """The unpruned study's row counts both trials' steps, and the study was written in --out."""
-    (row,) = table(out)
+    (row,) = read_table(out)
     assert row["pruner"] == "none" and row["trials pruned"] == "0 of 2"
     assert row["steps"] == "8 (1.00x)"  # 2 trials of train.steps=4, none pruned
     assert math.isfinite(number(row["best fid (minimised)"]))
