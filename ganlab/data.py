@@ -15,7 +15,6 @@ Both paths produce exactly what the torchvision transform Resize -> CenterCrop -
 """
 
 import copy
-import hashlib
 import itertools
 import logging
 import math
@@ -33,9 +32,7 @@ from torchvision import transforms
 from torchvision.utils import make_grid
 
 from ganlab.batches import InMemoryBatches, StreamingBatches, worker_context
-from ganlab.config import EvalConfig
 from ganlab.errors import ConfigError, DataError
-from ganlab.runfolder import protocol
 
 log = logging.getLogger(__name__)
 
@@ -234,27 +231,9 @@ class ImageSource:
         whole.train, whole.limit = True, None
         return whole
 
-    def stats_path(self, stats_dir: str | None, split: str, extractor: str) -> Path:
-        """Where the Inception statistics of this split are cached (`ganlab.inception`), named by what they depend on.
-
-        stats_dir: eval.stats_dir; None = `fid_stats/` beside the dataset's files, or ganlab's folder in the user's
-        cache when that one cannot be written (a read-only shared copy of the data).
-        """
-        colours = "gray" if self.channels == 1 else "rgb"
-        name = f"{self.stats_name}-{split}-{self.image_size}px-{colours}-{extractor.replace('/', '-')}.npz"
-        if stats_dir is not None:
-            return Path(os.path.expanduser(stats_dir)).absolute() / name
-        beside = self.stats_home / "fid_stats"
-        existing = next(folder for folder in (beside, *beside.parents) if folder.exists())
-        if os.access(existing, os.W_OK):
-            return beside / name
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganlab" / "fid_stats"
-        log.info("%s is read-only: caching reference statistics in %s", existing, cache)
-        return cache / f"{hashlib.sha256(str(self.root).encode()).hexdigest()[:8]}-{name}"
-
     @property
     def stats_name(self) -> str:
-        """The dataset in a statistics file's name."""
+        """The dataset in the name of its cached Inception statistics (`ganlab.scoring.stats_path`)."""
         return self.name
 
     @property
@@ -263,35 +242,11 @@ class ImageSource:
         return self.root
 
     def evaluator(self, device: torch.device, value_range: tuple[float, float], scoring=None):
-        """Scores samples against a real split with Inception or this dataset's small net, or None when it has neither.
+        """Scores samples against a real split with Inception or this dataset's small net (`ganlab.scoring`), or None
+        when it has neither. scoring: the run's `eval` config; None = its defaults."""
+        from ganlab.scoring import image_evaluator
 
-        scoring: the run's `eval` config (features, reference, inception_weights, stats_dir); None = their defaults.
-        With the small net, the split's labels go with its images, so samples of a class-conditional model are also
-        scored on whether they show the class asked for (accuracy, intra-FID; see `ganlab.metrics`).
-        """
-        scoring = scoring or EvalConfig()
-        features = self.default_features if scoring.features == "auto" else scoring.features
-        split = scoring.reference if scoring.reference != "auto" else ("train" if features == "inception" else "test")
-        reference = self.split(split)
-        if reference is None or (features == "net" and self.feature_net is None):
-            log.info("no sample-quality metrics for dataset %s: it names no feature net or %s split", self.name, split)
-            return None
-        if features == "inception":
-            from ganlab.inception import Inception, InceptionQuality, cached_reference
-
-            inception = Inception.load(scoring.inception_weights, device)
-            path = reference.stats_path(scoring.stats_dir, split, inception.name)
-            count = len(reference.checked_open(None))
-            stats = cached_reference(path, count, reference.decode_uint8, inception)
-            return ImageScores(InceptionQuality(inception, stats), value_range, inception.name, f"{self.name} {split}")
-        from ganlab.features import load_feature_net, read_manifest
-        from ganlab.metrics import SampleQuality  # torchmetrics loads only when metrics are asked for
-
-        images = reference.decode_uint8().to(device)
-        labels = reference.labels(reference.checked_open(None))
-        quality = SampleQuality(load_feature_net(self.feature_net), images, reference_labels=labels)
-        checksum = read_manifest()[self.feature_net]["sha256"][:8]
-        return ImageScores(quality, value_range, f"net:{self.feature_net}/{checksum}", f"{self.name} {split}")
+        return image_evaluator(self, device, value_range, scoring)
 
     def picture(self, images: Tensor, value_range: tuple[float, float], labels: Tensor | None = None) -> Tensor:
         """A (3, H, W) grid of `images` for TensorBoard and PNG files, about square (64 images: 8 x 8); with the
@@ -304,27 +259,6 @@ def to_uint8(samples: Tensor, value_range: tuple[float, float]) -> Tensor:
     """Generator output in `value_range` -> uint8 images, the inverse of the data scaling (rounded, clamped)."""
     low, high = value_range
     return ((samples.float() - low) / (high - low) * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-class ImageScores:
-    """Sample-quality metrics of generator output (`ganlab.metrics` or `ganlab.inception`), and their protocol.
-
-    features: the extractor and its checksum (`inception-v3-compat/6726825d`, `net:mnist/1a2b3c4d`); reference: the
-    dataset and split compared with (`cifar10 train`).
-    """
-
-    def __init__(self, quality, value_range: tuple[float, float], features: str, reference: str):
-        self.quality, self.value_range = quality, value_range
-        self.features, self.reference = features, reference
-
-    def protocol(self, samples: int) -> dict:
-        """What a score of `samples` images depends on besides the images: it is comparable only with the same."""
-        return protocol(self.features, samples, self.reference, self.quality.num_reference)
-
-    def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
-        """The scores of `samples`; with `labels`, the classes they were asked for, also accuracy, accuracy_min and
-        intra_fid (None, or all -1, for an unconditional model: the scores are then the unconditional ones)."""
-        return self.quality.compute(to_uint8(samples, self.value_range), labels)
 
 
 # what torchvision and PIL raise for missing, truncated or corrupt files

@@ -23,6 +23,7 @@ from ganlab.config import build
 from ganlab.data import ImageSource
 from ganlab.inception import EXTRACTOR, Inception, InceptionError, write_random_weights
 from ganlab.runfolder import read_summary
+from ganlab.scoring import stats_path
 from ganlab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; scores must not depend on threads
@@ -134,9 +135,9 @@ def test_reference_statistics_are_cached_and_rebuilt_when_the_split_size_or_coun
 def test_stats_are_cached_beside_the_dataset_by_default(inception_weights, data_root):
     """eval.stats_dir=null: in fid_stats/ beside the dataset's files (beside a folder dataset, not inside it)."""
     source = source_of(data_root, "folder")
-    path = source.stats_path(None, "train", f"{EXTRACTOR}/0123abcd")
+    path = stats_path(source, None, "train", f"{EXTRACTOR}/0123abcd")
     assert path == data_root / "fid_stats" / f"folder-folder-train-32px-rgb-{EXTRACTOR}-0123abcd.npz"
-    assert source_of(data_root, "mnist").stats_path(None, "test", "x/1").parent == data_root / "fid_stats"
+    assert stats_path(source_of(data_root, "mnist"), None, "test", "x/1").parent == data_root / "fid_stats"
 
 
 def test_missing_foreign_or_undownloadable_weights_are_one_sentence(inception_weights, tmp_path, monkeypatch):
