@@ -59,14 +59,11 @@ def check_compare_mlp_recipes(out: str, folder: Path) -> None:
 
 
 def check_gpu_check(out: str, folder: Path) -> None:
-    """Both checks passed, each a line of stdout and an entry of the JSON it wrote."""
+    """The check passed: a line of stdout and an entry of the JSON it wrote (the rest: tests/test_gpu_check.py)."""
     report = json.loads((folder / "gpu_check.json").read_text())
     assert report["passed"] and report["device"] == "cpu"
-    assert {name: check["status"] for name, check in report["checks"].items()} == {
-        "sync_batch_norm": "ok",
-        "preset/best_mlp_mnist/bf16": "ok",
-    }
-    assert out.splitlines()[-1].startswith("gpu_check: 2 ok in ")
+    assert {name: check["status"] for name, check in report["checks"].items()} == {"preset/grid25_mlp/bf16": "ok"}
+    assert out.splitlines()[-1].startswith("gpu_check: 1 ok in ")
 
 
 def check_plot_calibration(out: str, folder: Path) -> None:
@@ -154,7 +151,7 @@ BRIEF = {
     # --device cpu (the path without a GPU), two of its checks: the SyncBatchNorm driver and one preset's bf16 run; the
     # others (bench, torchrun, pytest -m cuda) and the failures and budget are in tests/test_gpu_check.py
     "gpu_check.py": Brief(["{script}", "--device", "cpu", "--data-root", "{data}", "--out", "{tmp}/gpu_check.json",
-                           "--steps", "2", "--checks", "sync_batch_norm,presets", "--presets", "best_mlp_mnist",
+                           "--steps", "2", "--checks", "presets", "--presets", "grid25_mlp",
                            "--variants", "bf16", "--jobs", "2", "device.threads=1", "train.batch_size=8"],
                           check_gpu_check),
     "plot_calibration.py": Brief(["{script}", "--nets", "mnist", "--out", "{tmp}/precision_recall.png"],
