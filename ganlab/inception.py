@@ -107,10 +107,6 @@ class Inception:
         checksum = hashlib.sha256(data).hexdigest()[:8]
         return cls(extractor.to(device), f"{EXTRACTOR}/{checksum}")
 
-    @property
-    def checksum(self) -> str:
-        return self.name.rsplit("/", 1)[1]
-
     @torch.no_grad()
     def features(self, images: Tensor, batch_size: int = BATCH_SIZE) -> tuple[Tensor, Tensor]:
         """The pool3 features (N, 2048) and unbiased logits (N, 1008) of uint8 images (N, 1 or 3, H, W), on the CPU."""
