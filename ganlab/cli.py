@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import save_image
 
 from ganlab.checkpoint import load_checkpoint, read_checkpoint
-from ganlab.config import CONF_DIR, DEVICE_TYPES, FEATURES, REFERENCES, EvalConfig, build
+from ganlab.config import CONF_DIR, DEVICE_TYPES, EvalConfig, build, check_value
 from ganlab.data import ImageSource, to_uint8
 from ganlab.device import resolve_device
 from ganlab.errors import CheckpointError, ConfigError, DataError
@@ -245,9 +245,8 @@ def scoring_config(base, overrides: list[str]) -> DictConfig:
         if key not in SCORING_KEYS:
             raise ConfigError(f"eval.{key} is not an option of ganlab-eval: use eval.{', eval.'.join(SCORING_KEYS)}.")
         scoring[key] = None if value in ("", "null") else value
-    for key, allowed in (("features", FEATURES), ("reference", REFERENCES)):
-        if scoring[key] not in allowed:
-            raise ConfigError(f"eval.{key}={scoring[key]} is not allowed: it must be one of {list(allowed)}.")
+    for key in ("features", "reference"):
+        check_value(f"eval.{key}", scoring[key])
     return scoring
 
 

@@ -162,13 +162,18 @@ RULES = [
 ]
 
 
+def check_value(key: str, value) -> None:
+    """Reject `value` of `key` (one of RULES') with one sentence naming the key, the value and what is allowed."""
+    check, allowed = next((check, allowed) for rule, check, allowed in RULES if rule == key)
+    if not check(value):
+        raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject the first out-of-range value with one sentence naming the key, the value and what is allowed."""
-    for key, check, allowed in RULES:
+    for key, _, _ in RULES:
         section, name = key.split(".")
-        value = cfg[section][name]
-        if not check(value):
-            raise ConfigError(f"{key}={value} is not allowed: it must be {allowed}.")
+        check_value(key, cfg[section][name])
     if cfg.train.patience and not (cfg.eval.enabled and (cfg.eval.every or cfg.eval.times)):
         raise ConfigError(
             f"train.patience={cfg.train.patience} counts evaluations, and this run makes none during training "

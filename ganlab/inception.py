@@ -224,8 +224,9 @@ class InceptionQuality:
         from torch_fidelity.metric_isc import isc_features_to_metric
         from torch_fidelity.metric_kid import kid_features_to_metric
 
-        if generated.dtype != torch.uint8 or generated.dim() != 4 or len(generated) < 2:
-            raise ValueError(f"generated images must be uint8 (N, C, H, W) with N >= 2, got {tuple(generated.shape)}.")
+        from ganlab.metrics import check_images
+
+        check_images(generated, "generated")
         features, logits = self.inception.features(generated)
         stats = fid_features_to_statistics(features)
         reference = {"mu": self.reference.mu.astype(stats["mu"].dtype), "sigma": self.reference.sigma}

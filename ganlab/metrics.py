@@ -77,7 +77,7 @@ class SampleQuality:
         nearest_k: int = NEAREST_K,
         reference_labels: Tensor | None = None,
     ):
-        _check_images(reference, "reference")
+        check_images(reference, "reference")
         if reference_labels is not None and tuple(reference_labels.shape) != (len(reference),):
             raise ValueError(
                 f"reference_labels must hold one class per reference image ({len(reference)}), got the shape "
@@ -142,7 +142,7 @@ class SampleQuality:
         class was asked for and the reference labels are known, accuracy, accuracy_min and intra_fid are added;
         images asked for no class count only in the other scores.
         """
-        _check_images(generated, "generated")
+        check_images(generated, "generated")
         labels = self._checked_labels(labels, len(generated))
         self.fid.reset()
         self.kid.reset()
@@ -218,7 +218,8 @@ class SampleQuality:
         }
 
 
-def _check_images(images: Tensor, name: str) -> None:
+def check_images(images: Tensor, name: str) -> None:
+    """Refuse, in one sentence, `images` that are not uint8 (N, 1 or 3, H, W) with N >= 2."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) < 2:
         raise ValueError(
             f"{name} images must be uint8 (N, 1 or 3, H, W) with N >= 2, got {images.dtype} {tuple(images.shape)}."
